@@ -1,0 +1,1 @@
+//! Image reference grammar (placeholder, being written).

@@ -1,0 +1,1 @@
+//! Distribution API routes (placeholder, being written).

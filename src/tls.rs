@@ -1,0 +1,1 @@
+//! Local CA and TLS configuration (placeholder, being written).
