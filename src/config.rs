@@ -634,6 +634,17 @@ credentials = { username = "alice", password_env = "PATH" }
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_configuration() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("## Configuration").nth(1).expect("configuration section");
+        let example = section.split("```toml").nth(1).and_then(|s| s.split("```").next()).expect("toml block");
+        std::env::set_var("EXAMPLE_REGISTRY_PASSWORD", "example");
+        let c = parse(example).unwrap_or_else(|e| panic!("README example: {e:#?}"));
+        assert_eq!(c.resolve.search, vec!["registry.example.com", "docker.io"]);
+        assert_eq!(c.registries.len(), 2);
+    }
+
+    #[test]
     fn syntax_errors_point_at_the_line() {
         let err = parse("[listen]\nregistry = \n").unwrap_err();
         assert_eq!(err[0].line, Some(2), "{}", err[0]);

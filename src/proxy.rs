@@ -145,7 +145,7 @@ impl Proxy {
             && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
         let plan = if !reading {
             Plan::One(self.resolver.for_push(&name)?)
-        } else if matches!(route, Route::Blob { .. }) {
+        } else if content_addressed(&route) {
             self.resolver.for_blob(&name)?
         } else {
             self.resolver.for_pull(&name)?
@@ -413,6 +413,15 @@ fn scope(repo: &str, method: &Method) -> String {
         _ => "pull,push",
     };
     format!("repository:{repo}:{actions}")
+}
+
+/// Blobs and manifests by digest of a short name come from the registry that served the
+/// pull's tag, without searching again.
+fn content_addressed(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::Blob { .. } | Route::Manifest { reference: Reference::Digest(_), .. }
+    )
 }
 
 fn what(route: &Route) -> &'static str {
