@@ -66,6 +66,8 @@ struct RawConfig {
     #[serde(default)]
     aliases: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
     registry: Vec<RawRegistry>,
 }
 
@@ -89,6 +91,12 @@ struct RawResolve {
     search: Option<Spanned<Vec<Spanned<String>>>>,
     push: Option<Spanned<String>>,
     cache_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    manifest_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +133,7 @@ pub struct Config {
     pub listen_registry: SocketAddr,
     pub tls: TlsConfig,
     pub resolve: ResolveConfig,
+    pub cache: CacheConfig,
     /// Keyed by the normalised registry host clients use (e.g. `docker.io`).
     pub registries: HashMap<String, RegistryConfig>,
 }
@@ -134,6 +143,12 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Memory for digest-addressed manifests; 0 disables the cache.
+    pub manifest_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -399,6 +414,9 @@ impl Checker<'_> {
                 aliases,
                 cache_ttl: Duration::from_secs(raw.resolve.cache_ttl_secs.unwrap_or(600)),
             },
+            cache: CacheConfig {
+                manifest_bytes: raw.cache.manifest_bytes.unwrap_or(64 * 1024 * 1024),
+            },
             registries,
         }
     }
@@ -636,8 +654,15 @@ credentials = { username = "alice", password_env = "PATH" }
     #[test]
     fn the_readme_example_is_a_valid_configuration() {
         let readme = include_str!("../README.md");
-        let section = readme.split("## Configuration").nth(1).expect("configuration section");
-        let example = section.split("```toml").nth(1).and_then(|s| s.split("```").next()).expect("toml block");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("configuration section");
+        let example = section
+            .split("```toml")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("toml block");
         std::env::set_var("EXAMPLE_REGISTRY_PASSWORD", "example");
         let c = parse(example).unwrap_or_else(|e| panic!("README example: {e:#?}"));
         assert_eq!(c.resolve.search, vec!["registry.example.com", "docker.io"]);

@@ -7,6 +7,7 @@
 //! an OCI error body. There are no globals: [`run`] builds everything from a [`Config`].
 
 pub mod body;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod error;

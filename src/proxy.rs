@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use crate::body::{boxed, empty, full, IdleTimeout, ProxyBody, Verified};
+use crate::cache::{CachedManifest, ManifestCache, ManifestKey};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::reference::{Name, Reference};
@@ -51,6 +52,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub struct Proxy {
     resolver: Resolver,
     upstreams: Upstreams,
+    manifests: ManifestCache,
 }
 
 impl Proxy {
@@ -58,6 +60,7 @@ impl Proxy {
         Ok(Proxy {
             resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
             upstreams: Upstreams::new(config)?,
+            manifests: ManifestCache::new(config.cache.manifest_bytes),
         })
     }
 
@@ -152,6 +155,9 @@ impl Proxy {
         };
         match plan {
             Plan::One(target) => {
+                if let Some(resp) = self.cached_manifest(&route, &target, req.method()).await {
+                    return Ok(resp);
+                }
                 let resp = self.forward(&route, &raw_name, &target, req).await?;
                 if reading && resp.status().is_success() {
                     self.resolver.remember(&name, &target.registry);
@@ -261,8 +267,70 @@ impl Proxy {
             scopes,
             identity: upstream.identity_for(parts.headers.get(header::AUTHORIZATION)),
         };
+        let cache_key = match route {
+            Route::Manifest {
+                reference: Reference::Digest(d),
+                ..
+            } if method == Method::GET
+                && upstream.identity_is_shared(parts.headers.get(header::AUTHORIZATION)) =>
+            {
+                Some(ManifestKey {
+                    registry: target.registry.clone(),
+                    repository: target.repository.to_string(),
+                    digest: d.to_string(),
+                })
+            }
+            _ => None,
+        };
         let resp = upstream.send(out).await?;
-        respond(route, raw_name, target, upstream, &method, resp).await
+        let (resp, manifest) = respond(route, raw_name, target, upstream, &method, resp).await?;
+        if let (Some(key), Some(manifest)) = (cache_key, manifest) {
+            self.manifests.insert(key, manifest).await;
+        }
+        Ok(resp)
+    }
+
+    /// A digest-addressed manifest already verified and cached for this repository.
+    async fn cached_manifest(
+        &self,
+        route: &Route,
+        target: &Target,
+        method: &Method,
+    ) -> Option<Response<ProxyBody>> {
+        let Route::Manifest {
+            reference: Reference::Digest(d),
+            ..
+        } = route
+        else {
+            return None;
+        };
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return None;
+        }
+        let key = ManifestKey {
+            registry: target.registry.clone(),
+            repository: target.repository.to_string(),
+            digest: d.to_string(),
+        };
+        let hit = self.manifests.get(&key).await?;
+        let mut resp = Response::new(if *method == Method::HEAD {
+            empty()
+        } else {
+            full(hit.body.clone())
+        });
+        let headers = resp.headers_mut();
+        if let Some(ct) = &hit.content_type {
+            headers.insert(header::CONTENT_TYPE, ct.clone());
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(hit.body.len()));
+        if let Ok(v) = HeaderValue::from_str(d.as_str()) {
+            headers.insert("docker-content-digest", v);
+        }
+        headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
+            headers.insert(RESOLVED_HEADER, v);
+        }
+        Some(resp)
     }
 
     /// Cross-repository mounts name the source in the client's terms; the upstream needs
@@ -307,7 +375,8 @@ impl Proxy {
     }
 }
 
-/// Turn an upstream response into the client's response.
+/// Turn an upstream response into the client's response; a verified manifest is also
+/// returned for the cache.
 async fn respond(
     route: &Route,
     raw_name: &str,
@@ -315,7 +384,7 @@ async fn respond(
     upstream: &Upstream,
     method: &Method,
     resp: Response<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<(Response<ProxyBody>, Option<CachedManifest>), ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let repo = target.repository.as_str();
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
@@ -343,11 +412,16 @@ async fn respond(
     let registry = upstream.host();
     let timeout = upstream.config.body_timeout;
     let ok = parts.status == StatusCode::OK;
+    let mut cacheable = None;
     let body = match route {
         Route::Manifest { reference, .. } if ok && method == Method::GET => {
             let bytes = read_limited(body, MAX_MANIFEST, registry).await?;
             if let Reference::Digest(d) = reference {
                 verify_manifest(registry, d.as_str(), &bytes)?;
+                cacheable = Some(CachedManifest {
+                    body: bytes.clone(),
+                    content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                });
             }
             full(bytes)
         }
@@ -357,7 +431,7 @@ async fn respond(
         )),
         _ => boxed(IdleTimeout::new(body, timeout)),
     };
-    Ok(Response::from_parts(parts, body))
+    Ok((Response::from_parts(parts, body), cacheable))
 }
 
 fn verify_manifest(registry: &str, expected: &str, bytes: &Bytes) -> Result<(), ProxyError> {
@@ -420,7 +494,11 @@ fn scope(repo: &str, method: &Method) -> String {
 fn content_addressed(route: &Route) -> bool {
     matches!(
         route,
-        Route::Blob { .. } | Route::Manifest { reference: Reference::Digest(_), .. }
+        Route::Blob { .. }
+            | Route::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
     )
 }
 
@@ -433,23 +511,7 @@ fn what(route: &Route) -> &'static str {
 }
 
 fn check_method(route: &Route, method: &Method) -> Result<(), ProxyError> {
-    let ok = match route {
-        Route::Manifest { .. } => matches!(
-            *method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
-        ),
-        Route::Blob { .. } => matches!(*method, Method::GET | Method::HEAD | Method::DELETE),
-        Route::UploadStart { .. } => *method == Method::POST,
-        Route::Upload { .. } => matches!(
-            *method,
-            Method::GET | Method::PATCH | Method::PUT | Method::DELETE
-        ),
-        Route::Tags { .. } | Route::Referrers { .. } => {
-            matches!(*method, Method::GET | Method::HEAD)
-        }
-        _ => matches!(*method, Method::GET | Method::HEAD),
-    };
-    if ok {
+    if route.allows(method) {
         Ok(())
     } else {
         Err(ProxyError::MethodNotAllowed {

@@ -173,6 +173,15 @@ impl Upstream {
         Identity::Anonymous
     }
 
+    /// Would a request for this client be made as an identity every client shares? Only
+    /// then may its answer be cached for other clients.
+    pub fn identity_is_shared(&self, client_authorization: Option<&HeaderValue>) -> bool {
+        !matches!(
+            self.identity_for(client_authorization),
+            Identity::Client { .. }
+        )
+    }
+
     /// Does this registry want credentials that a client could supply (and has not)?
     pub fn wants_client_credentials(&self) -> bool {
         self.config.pass_client_credentials && self.config.credentials.is_none()
