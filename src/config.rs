@@ -75,6 +75,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawListen {
     registry: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -131,6 +133,10 @@ struct RawCredentials {
 pub struct Config {
     pub state_dir: PathBuf,
     pub listen_registry: SocketAddr,
+    /// Metrics and health; `None` when set to "off".
+    pub listen_admin: Option<SocketAddr>,
+    /// Bearer token protecting `/metrics` on the admin listener.
+    pub admin_token: Option<String>,
     pub tls: TlsConfig,
     pub resolve: ResolveConfig,
     pub cache: CacheConfig,
@@ -301,6 +307,40 @@ impl Checker<'_> {
             }),
         };
 
+        let listen_admin = match raw.listen.admin {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            Some(s) if s.get_ref() == "off" => None,
+            Some(s) => s.get_ref().parse().map(Some).unwrap_or_else(|_| {
+                self.problem(
+                    Some(s.span()),
+                    "listen.admin",
+                    format!("{:?} is not an address:port or \"off\"", s.get_ref()),
+                );
+                None
+            }),
+        };
+        let admin_token = raw.listen.admin_token_file.map(path).and_then(|file| {
+            match std::fs::read_to_string(&file) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    self.problem(
+                        None,
+                        "listen.admin_token_file",
+                        format!("{} is empty", file.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        None,
+                        "listen.admin_token_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        });
+
         let tls = TlsConfig {
             cert_file: raw.tls.cert_file.map(path),
             key_file: raw.tls.key_file.map(path),
@@ -407,6 +447,8 @@ impl Checker<'_> {
         Config {
             state_dir,
             listen_registry,
+            listen_admin,
+            admin_token,
             tls,
             resolve: ResolveConfig {
                 search,

@@ -19,6 +19,7 @@ use crate::body::{boxed, empty, full, IdleTimeout, ProxyBody, Verified};
 use crate::cache::{CachedManifest, ManifestCache, ManifestKey};
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::metrics::{status_class, Counted, Metrics};
 use crate::reference::{Name, Reference};
 use crate::resolve::{Plan, Resolver, Target};
 use crate::route::{self, Route};
@@ -53,13 +54,15 @@ pub struct Proxy {
     resolver: Resolver,
     upstreams: Upstreams,
     manifests: ManifestCache,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> Result<Proxy, UpstreamError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, UpstreamError> {
         Ok(Proxy {
             resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
-            upstreams: Upstreams::new(config)?,
+            upstreams: Upstreams::new(config, metrics.clone())?,
+            metrics,
             manifests: ManifestCache::new(config.cache.manifest_bytes),
         })
     }
@@ -74,15 +77,28 @@ impl Proxy {
 
     async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
+        let in_flight = self.metrics.in_flight.with_label_values(&["registry"]);
+        in_flight.inc();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let resp = match self.dispatch(req).await {
-            Ok(resp) => resp,
+        let route = route::parse(&path);
+        let operation = operation(route.as_ref().ok(), &method);
+        let resp = match route {
+            Ok(route) => self.dispatch(route, req).await,
+            Err(e) => Err(e.into()),
+        };
+        let (resp, decision) = match resp {
+            Ok(resp) => (resp, "allow"),
             Err(e) => {
                 if e.status().is_server_error() {
                     warn!(%peer, %method, %path, error = %e, "request failed");
                 }
-                e.into_response()
+                let decision = if e.status() == StatusCode::FORBIDDEN {
+                    "deny"
+                } else {
+                    "error"
+                };
+                (e.into_response(), decision)
             }
         };
         let resolved = resp
@@ -90,20 +106,33 @@ impl Proxy {
             .get(&RESOLVED_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        info!(
-            %peer,
-            %method,
-            %path,
-            resolved,
-            status = resp.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
-        resp
+        let registry = self
+            .metrics
+            .registry_label(resolved.split_once('/').map(|(r, _)| r));
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[operation, registry, decision, status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+        info!(%peer, %method, %path, operation, resolved, decision, status, ms = elapsed.as_millis() as u64, "request");
+        in_flight.dec();
+        let counter = self
+            .metrics
+            .bytes
+            .with_label_values(&["download", registry]);
+        resp.map(|body| boxed(Counted::new(body, counter)))
     }
 
-    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
-        let route = route::parse(req.uri().path())?;
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         match route {
             Route::Base => Ok(self.base(&req)),
             Route::Catalog => self.catalog(&req).await,
@@ -199,6 +228,10 @@ impl Proxy {
                 }
                 _ => {
                     info!(name = %raw_name, resolved = %target, "short name resolved");
+                    self.metrics
+                        .resolutions
+                        .with_label_values(&[&target.registry])
+                        .inc();
                     self.resolver.remember(name, &target.registry);
                     return Ok(resp);
                 }
@@ -247,6 +280,11 @@ impl Proxy {
         }
         let body = body.into_proxy_body();
         let replayable = body.is_end_stream();
+        let uploaded = self
+            .metrics
+            .bytes
+            .with_label_values(&["upload", &target.registry]);
+        let body = boxed(Counted::new(body, uploaded));
         let manifest_put = matches!(route, Route::Manifest { .. }) && method == Method::PUT;
         let body = if replayable {
             empty()
@@ -312,7 +350,13 @@ impl Proxy {
             repository: target.repository.to_string(),
             digest: d.to_string(),
         };
-        let hit = self.manifests.get(&key).await?;
+        let hit = self.manifests.get(&key).await;
+        let result = if hit.is_some() { "hit" } else { "miss" };
+        self.metrics
+            .cache
+            .with_label_values(&["manifest", result])
+            .inc();
+        let hit = hit?;
         let mut resp = Response::new(if *method == Method::HEAD {
             empty()
         } else {
@@ -500,6 +544,21 @@ fn content_addressed(route: &Route) -> bool {
                 ..
             }
     )
+}
+
+/// The operation a request performs, for logs, metrics and (later) policy.
+fn operation(route: Option<&Route>, method: &Method) -> &'static str {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match route {
+        None => "invalid",
+        Some(Route::Base) => "ping",
+        Some(Route::Catalog | Route::Tags { .. }) => "list",
+        Some(Route::V1Ping | Route::V1Search) => "search",
+        Some(_) if *method == Method::DELETE => "delete",
+        Some(Route::Upload { .. } | Route::UploadStart { .. }) => "push",
+        Some(_) if read => "pull",
+        Some(_) => "push",
+    }
 }
 
 fn what(route: &Route) -> &'static str {
