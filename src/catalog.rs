@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 
 use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
-use crate::resolve::Resolver;
 use crate::upstream::{read_limited, Outgoing, UpstreamError, Upstreams};
 
 const DEFAULT_PAGE: usize = 100;
@@ -23,14 +22,15 @@ struct CatalogPage {
 }
 
 pub async fn serve(
-    resolver: &Resolver,
+    registries: &[String],
+    qualify: bool,
     upstreams: &Upstreams,
     req: &Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (n, last) = page_params(req.uri().query())?;
-    let registries = resolver.search_registries();
     let (start, mut upstream_last) = match &last {
         None => (0, None),
+        Some(l) if !qualify => (0, Some(l.clone())),
         Some(l) => {
             let (host, rest) = l.split_once('/').ok_or_else(|| {
                 ProxyError::BadRequest(format!("last={l:?} is not a fully qualified name"))
@@ -91,11 +91,13 @@ pub async fn serve(
                 })?;
             let got = page.repositories.len();
             upstream_last = page.repositories.last().cloned();
-            names.extend(
-                page.repositories
-                    .into_iter()
-                    .map(|r| format!("{registry}/{r}")),
-            );
+            names.extend(page.repositories.into_iter().map(|r| {
+                if qualify {
+                    format!("{registry}/{r}")
+                } else {
+                    r
+                }
+            }));
             if !has_next || got == 0 {
                 upstream_last = None;
                 if names.len() >= n && i + 1 < registries.len() {

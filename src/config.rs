@@ -68,6 +68,8 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    forward: RawForward,
+    #[serde(default)]
     registry: Vec<RawRegistry>,
 }
 
@@ -77,6 +79,19 @@ struct RawListen {
     registry: Option<Spanned<String>>,
     admin: Option<Spanned<String>>,
     admin_token_file: Option<PathBuf>,
+    proxy: Option<Spanned<String>>,
+    mirror: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    #[serde(default)]
+    docker_hub_search: bool,
+    #[serde(default)]
+    tunnel_hosts: Vec<String>,
+    proxy_auth: Option<Spanned<RawCredentials>>,
+    leaf_validity_hours: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -137,6 +152,11 @@ pub struct Config {
     pub listen_admin: Option<SocketAddr>,
     /// Bearer token protecting `/metrics` on the admin listener.
     pub admin_token: Option<String>,
+    /// The forward (CONNECT) proxy listener; `None` when "off".
+    pub listen_proxy: Option<SocketAddr>,
+    /// A registry endpoint whose names are docker.io's, for `registry-mirrors`; off by default.
+    pub listen_mirror: Option<SocketAddr>,
+    pub forward: ForwardConfig,
     pub tls: TlsConfig,
     pub resolve: ResolveConfig,
     pub cache: CacheConfig,
@@ -149,6 +169,18 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ForwardConfig {
+    /// docker.io `library/<x>` names resolve across the search registries.
+    pub docker_hub_search: bool,
+    /// `host:port` tunnelled untouched through CONNECT (never intercepted).
+    pub tunnel_hosts: Vec<String>,
+    /// Basic credentials clients must present to the forward proxy.
+    pub proxy_auth: Option<Credentials>,
+    /// Lifetime of interception certificates.
+    pub leaf_validity: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +243,11 @@ impl Config {
         // The embedded defaults are a literal configuration, so they go through the same checks.
         Config::parse("", "<embedded defaults>", |_| None)
             .unwrap_or_else(|e| unreachable!("embedded defaults are valid: {e:?}"))
+    }
+
+    /// Parse configuration text that is not in a file (tests, embedded examples).
+    pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "<string>", |_| None).map_err(ConfigError::Invalid)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -307,18 +344,11 @@ impl Checker<'_> {
             }),
         };
 
-        let listen_admin = match raw.listen.admin {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
-            Some(s) if s.get_ref() == "off" => None,
-            Some(s) => s.get_ref().parse().map(Some).unwrap_or_else(|_| {
-                self.problem(
-                    Some(s.span()),
-                    "listen.admin",
-                    format!("{:?} is not an address:port or \"off\"", s.get_ref()),
-                );
-                None
-            }),
-        };
+        let listen_admin = self.optional_addr(
+            raw.listen.admin,
+            "listen.admin",
+            Some(([127, 0, 0, 1], 9464).into()),
+        );
         let admin_token = raw.listen.admin_token_file.map(path).and_then(|file| {
             match std::fs::read_to_string(&file) {
                 Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
@@ -340,6 +370,29 @@ impl Checker<'_> {
                 }
             }
         });
+
+        let listen_proxy = self.optional_addr(
+            raw.listen.proxy,
+            "listen.proxy",
+            Some(([127, 0, 0, 1], 3128).into()),
+        );
+        let listen_mirror = self.optional_addr(raw.listen.mirror, "listen.mirror", None);
+        let proxy_auth = raw
+            .forward
+            .proxy_auth
+            .and_then(|c| self.credentials(c, "forward.proxy_auth", &path));
+        let forward = ForwardConfig {
+            docker_hub_search: raw.forward.docker_hub_search,
+            tunnel_hosts: raw.forward.tunnel_hosts,
+            proxy_auth,
+            leaf_validity: Duration::from_secs(
+                3600 * raw
+                    .forward
+                    .leaf_validity_hours
+                    .unwrap_or(24)
+                    .clamp(1, 24 * 30),
+            ),
+        };
 
         let tls = TlsConfig {
             cert_file: raw.tls.cert_file.map(path),
@@ -449,6 +502,9 @@ impl Checker<'_> {
             listen_registry,
             listen_admin,
             admin_token,
+            listen_proxy,
+            listen_mirror,
+            forward,
             tls,
             resolve: ResolveConfig {
                 search,
@@ -461,6 +517,76 @@ impl Checker<'_> {
             },
             registries,
         }
+    }
+
+    /// An `address:port`, or "off"; `default` when the key is absent.
+    fn optional_addr(
+        &mut self,
+        raw: Option<Spanned<String>>,
+        key: &str,
+        default: Option<SocketAddr>,
+    ) -> Option<SocketAddr> {
+        match raw {
+            None => default,
+            Some(s) if s.get_ref() == "off" => None,
+            Some(s) => s.get_ref().parse().map(Some).unwrap_or_else(|_| {
+                self.problem(
+                    Some(s.span()),
+                    key,
+                    format!("{:?} is not an address:port or \"off\"", s.get_ref()),
+                );
+                None
+            }),
+        }
+    }
+
+    fn credentials(
+        &mut self,
+        c: Spanned<RawCredentials>,
+        key: &str,
+        path: &impl Fn(PathBuf) -> PathBuf,
+    ) -> Option<Credentials> {
+        let span = Some(c.span());
+        let c = c.into_inner();
+        let password = match (c.password_file, c.password_env) {
+            (Some(file), None) => {
+                let file = path(file);
+                match std::fs::read_to_string(&file) {
+                    Ok(p) => p.trim_end_matches(['\n', '\r']).to_owned(),
+                    Err(e) => {
+                        self.problem(
+                            span,
+                            &format!("{key}.password_file"),
+                            format!("cannot read {}: {e}", file.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (None, Some(var)) => match std::env::var(&var) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.problem(
+                        span,
+                        &format!("{key}.password_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                self.problem(
+                    span,
+                    key,
+                    "give exactly one of password_file or password_env",
+                );
+                return None;
+            }
+        };
+        Some(Credentials {
+            username: c.username,
+            password,
+        })
     }
 
     fn docker_hub_default(&self) -> RegistryConfig {
@@ -521,49 +647,9 @@ impl Checker<'_> {
             None if hub => url::Url::parse(DOCKER_HUB_ENDPOINT).ok()?,
             None => url::Url::parse(&format!("https://{host}")).ok()?,
         };
-        let credentials = r.credentials.and_then(|c| {
-            let span = Some(c.span());
-            let c = c.into_inner();
-            let password = match (c.password_file, c.password_env) {
-                (Some(file), None) => {
-                    let file = path(file);
-                    match std::fs::read_to_string(&file) {
-                        Ok(p) => p.trim_end_matches(['\n', '\r']).to_owned(),
-                        Err(e) => {
-                            self.problem(
-                                span,
-                                &format!("{key}.credentials.password_file"),
-                                format!("cannot read {}: {e}", file.display()),
-                            );
-                            return None;
-                        }
-                    }
-                }
-                (None, Some(var)) => match std::env::var(&var) {
-                    Ok(p) => p,
-                    Err(_) => {
-                        self.problem(
-                            span,
-                            &format!("{key}.credentials.password_env"),
-                            format!("environment variable {var} is not set"),
-                        );
-                        return None;
-                    }
-                },
-                _ => {
-                    self.problem(
-                        span,
-                        &format!("{key}.credentials"),
-                        "give exactly one of password_file or password_env",
-                    );
-                    return None;
-                }
-            };
-            Some(Credentials {
-                username: c.username,
-                password,
-            })
-        });
+        let credentials = r
+            .credentials
+            .and_then(|c| self.credentials(c, &format!("{key}.credentials"), path));
         let defaults = |v: Option<Vec<String>>, hub_default: &[&str]| {
             v.unwrap_or_else(|| {
                 if hub {

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -43,16 +44,24 @@ pub enum RunError {
     },
 }
 
-/// The registry endpoint's certificate: configured files, or one issued by the local CA.
-fn server_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, RunError> {
-    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
-        let chain = tls::load_certs(cert)?;
-        let key = tls::load_private_key(key)?;
-        return Ok(tls::server_config(chain, key)?);
-    }
-    let identity = tls::server_identity(&config.state_dir, &config.tls.names)?;
-    let ca_path = identity.ca.cert_path().to_owned();
-    if identity.ca_origin == tls::Origin::Created {
+/// The local CA (created on first start) and the registry endpoint's TLS configuration:
+/// configured files, or a certificate issued by the local CA.
+fn tls_setup(config: &Config) -> Result<(Arc<tls::LocalCa>, Arc<rustls::ServerConfig>), RunError> {
+    let (ca, server) = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let (ca, origin) = tls::LocalCa::load_or_create(&config.state_dir)?;
+            let server = tls::server_config(tls::load_certs(cert)?, tls::load_private_key(key)?)?;
+            ((ca, origin), server)
+        }
+        _ => {
+            let identity = tls::server_identity(&config.state_dir, &config.tls.names)?;
+            let server = tls::server_config(identity.chain, identity.key)?;
+            ((identity.ca, identity.ca_origin), server)
+        }
+    };
+    let (ca, origin) = ca;
+    let ca_path = ca.cert_path().to_owned();
+    if origin == tls::Origin::Created {
         info!(ca = %ca_path.display(), "created a local CA for portcullis");
         eprintln!(
             "portcullis: created a local CA at {}\n{}",
@@ -62,53 +71,78 @@ fn server_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, RunError> {
     } else {
         info!(ca = %ca_path.display(), "using local CA");
     }
-    Ok(tls::server_config(identity.chain, identity.key)?)
+    Ok((Arc::new(ca), server))
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, RunError> {
+    listener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
 }
 
 /// Run portcullis until `shutdown` completes, then drain in-flight requests.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let server_tls = server_tls(&config)?;
+    let (ca, server_tls) = tls_setup(&config)?;
     let registry = prometheus::Registry::new();
     let metrics = Arc::new(metrics::Metrics::new(
         &registry,
         config.registries.keys().cloned(),
     )?);
     let proxy = Arc::new(proxy::Proxy::new(&config, metrics.clone())?);
+    let http = listener::Http::new(proxy, metrics, listener::Limits::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
 
     let admin = Arc::new(admin::Admin {
         registry,
         ready: std::sync::atomic::AtomicBool::new(false),
         token: config.admin_token.clone(),
     });
-    let admin_task = match config.listen_admin {
-        Some(addr) => {
-            let listener = listener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { addr, source })?;
-            info!(%addr, "admin listener (metrics, health) listening (HTTP)");
-            Some(tokio::spawn(admin::serve(
-                listener,
-                admin.clone(),
-                stopped.clone(),
-            )))
-        }
-        None => None,
-    };
-
+    if let Some(addr) = config.listen_admin {
+        let listener = bind(addr).await?;
+        info!(%addr, "admin listener (metrics, health) listening (HTTP)");
+        tasks.push(tokio::spawn(admin::serve(
+            listener,
+            admin.clone(),
+            stopped.clone(),
+        )));
+    }
+    if let Some(addr) = config.listen_proxy {
+        let listener = bind(addr).await?;
+        info!(%addr, "forward proxy listening (CONNECT)");
+        let forward = Arc::new(forward::Forward::new(&config, http.clone(), ca.clone()));
+        tasks.push(tokio::spawn(forward::serve(
+            listener,
+            forward,
+            stopped.clone(),
+        )));
+    }
+    if let Some(addr) = config.listen_mirror {
+        let listener = bind(addr).await?;
+        info!(%addr, "docker.io mirror endpoint listening (HTTPS)");
+        let inbound = proxy::Inbound {
+            listener: "mirror",
+            registry: Some(reference::DOCKER_HUB.into()),
+        };
+        tasks.push(tokio::spawn(listener::serve_registry(
+            listener,
+            server_tls.clone(),
+            http.clone(),
+            inbound,
+            stopped.clone(),
+        )));
+    }
     let addr = config.listen_registry;
-    let listener = listener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind { addr, source })?;
+    let listener = bind(addr).await?;
     info!(%addr, search = ?config.resolve.search, "registry endpoint listening (HTTPS)");
-    let server = tokio::spawn(listener::serve_registry(
+    tasks.push(tokio::spawn(listener::serve_registry(
         listener,
         server_tls,
-        proxy,
-        metrics,
-        listener::Limits::default(),
+        http,
+        proxy::Inbound::endpoint(),
         stopped,
-    ));
+    )));
+
     admin
         .ready
         .store(true, std::sync::atomic::Ordering::Release);
@@ -117,8 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .ready
         .store(false, std::sync::atomic::Ordering::Release);
     let _ = stop.send(true);
-    let _ = server.await;
-    if let Some(task) = admin_task {
+    for task in tasks {
         let _ = task.await;
     }
     Ok(())

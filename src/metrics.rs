@@ -32,6 +32,8 @@ pub struct Metrics {
     pub resolutions: IntCounterVec,
     pub build_info: IntGauge,
     pub tls_handshake_failures: IntCounter,
+    pub proxy_connects: IntCounterVec,
+    pub certificates_issued: IntCounter,
 }
 
 impl Metrics {
@@ -121,7 +123,21 @@ impl Metrics {
                 )
                 .namespace(NS),
             )?,
+            proxy_connects: IntCounterVec::new(
+                Opts::new(
+                    "proxy_connects_total",
+                    "Forward-proxy requests by result (intercept, tunnel, plain_http, refused, unauthorized)",
+                )
+                .namespace(NS),
+                &["result"],
+            )?,
+            certificates_issued: IntCounter::with_opts(
+                Opts::new("tls_certificates_issued_total", "Interception certificates issued by the local CA")
+                    .namespace(NS),
+            )?,
         };
+        registry.register(Box::new(m.proxy_connects.clone()))?;
+        registry.register(Box::new(m.certificates_issued.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
@@ -229,9 +245,7 @@ mod tests {
             .inc();
         let families = registry.gather();
         assert!(families.len() >= 3);
-        assert!(families
-            .iter()
-            .all(|f| f.name().starts_with("portcullis_")));
+        assert!(families.iter().all(|f| f.name().starts_with("portcullis_")));
         assert!(prometheus::default_registry()
             .gather()
             .iter()

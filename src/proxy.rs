@@ -20,7 +20,7 @@ use crate::cache::{CachedManifest, ManifestCache, ManifestKey};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::metrics::{status_class, Counted, Metrics};
-use crate::reference::{Name, Reference};
+use crate::reference::{Name, Reference, Repository, DOCKER_HUB};
 use crate::resolve::{Plan, Resolver, Target};
 use crate::route::{self, Route};
 use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError, Upstreams};
@@ -50,7 +50,28 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Where a request came in: the listener (a metric label) and, for intercepted and mirror
+/// traffic, the registry the client believes it is talking to. Names in such requests are
+/// relative to that registry (`/v2/library/alpine/...` on `registry-1.docker.io`).
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub listener: &'static str,
+    pub registry: Option<Arc<str>>,
+}
+
+impl Inbound {
+    pub fn endpoint() -> Inbound {
+        Inbound {
+            listener: "registry",
+            registry: None,
+        }
+    }
+}
+
 pub struct Proxy {
+    /// Treat docker.io single-component names (`library/<x>`) as short names that resolve
+    /// across the search registries (Atomic's --add-registry for stock docker).
+    hub_search: bool,
     resolver: Resolver,
     upstreams: Upstreams,
     manifests: ManifestCache,
@@ -60,6 +81,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, UpstreamError> {
         Ok(Proxy {
+            hub_search: config.forward.docker_hub_search,
             resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
             upstreams: Upstreams::new(config, metrics.clone())?,
             metrics,
@@ -71,11 +93,17 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        inbound: Inbound,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>> {
-        Box::pin(async move { self.handle_inner(req, peer).await })
+        Box::pin(async move { self.handle_inner(req, peer, inbound).await })
     }
 
-    async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle_inner(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        inbound: Inbound,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let in_flight = self.metrics.in_flight.with_label_values(&["registry"]);
         in_flight.inc();
@@ -84,7 +112,7 @@ impl Proxy {
         let route = route::parse(&path);
         let operation = operation(route.as_ref().ok(), &method);
         let resp = match route {
-            Ok(route) => self.dispatch(route, req).await,
+            Ok(route) => self.dispatch(route, req, &inbound).await,
             Err(e) => Err(e.into()),
         };
         let (resp, decision) = match resp {
@@ -132,14 +160,15 @@ impl Proxy {
         &self,
         route: Route,
         req: Request<Incoming>,
+        inbound: &Inbound,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match route {
             Route::Base => Ok(self.base(&req)),
-            Route::Catalog => self.catalog(&req).await,
+            Route::Catalog => self.catalog(&req, inbound).await,
             Route::V1Ping | Route::V1Search => {
                 Err(route::RouteError::NotFound(req.uri().path().to_owned()).into())
             }
-            _ => self.repository(route, req).await,
+            _ => self.repository(route, req, inbound).await,
         }
     }
 
@@ -161,6 +190,23 @@ impl Proxy {
         resp
     }
 
+    /// A name relative to the registry an intercepted client talks to. With `hub_search`,
+    /// docker.io's `library/<x>` (what docker sends for `docker pull x`) becomes the short
+    /// name `x`: nothing distinguishes it from an explicit `docker.io/library/x`, which is
+    /// why this is an option.
+    fn scoped_name(&self, registry: &str, raw: &str) -> Result<Name, ProxyError> {
+        let repository = Repository::parse(raw)?;
+        if self.hub_search && registry == DOCKER_HUB {
+            if let Some(short) = raw.strip_prefix("library/").filter(|r| !r.contains('/')) {
+                return Ok(Name::Short(Repository::parse(short)?));
+            }
+        }
+        Ok(Name::Qualified {
+            registry: registry.to_owned(),
+            repository,
+        })
+    }
+
     fn resolver_registries(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.upstreams.all()
     }
@@ -169,9 +215,13 @@ impl Proxy {
         &self,
         route: Route,
         req: Request<Incoming>,
+        inbound: &Inbound,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
-        let name = Name::parse(&raw_name)?;
+        let name = match &inbound.registry {
+            None => Name::parse(&raw_name)?,
+            Some(registry) => self.scoped_name(registry, &raw_name)?,
+        };
         check_method(&route, req.method())?;
         let reading = matches!(*req.method(), Method::GET | Method::HEAD)
             && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
@@ -414,8 +464,27 @@ impl Proxy {
 
     /// `/v2/_catalog` across the search registries, names fully qualified, paginated over
     /// the concatenation in search order (`last` is a fully qualified name).
-    async fn catalog(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
-        crate::catalog::serve(&self.resolver, &self.upstreams, req).await
+    async fn catalog(
+        &self,
+        req: &Request<Incoming>,
+        inbound: &Inbound,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        match &inbound.registry {
+            // An intercepted registry lists its own catalog, with its own names.
+            Some(registry) => {
+                let only = [registry.to_string()];
+                crate::catalog::serve(&only, false, &self.upstreams, req).await
+            }
+            None => {
+                crate::catalog::serve(
+                    self.resolver.search_registries(),
+                    true,
+                    &self.upstreams,
+                    req,
+                )
+                .await
+            }
+        }
     }
 }
 

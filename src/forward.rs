@@ -1,0 +1,403 @@
+//! The forward proxy: what dockerd talks to when it runs with `HTTPS_PROXY`.
+//!
+//! `CONNECT` to a configured registry is intercepted: portcullis answers the TLS handshake
+//! with a certificate for that host, issued on the fly by its local CA, and runs the requests
+//! inside through the same pipeline as the registry endpoint, with the registry known from
+//! the host. Hosts listed in `tunnel_hosts` are spliced through untouched. Everything else is
+//! refused: portcullis is not an open proxy. Plain-HTTP absolute-URI requests (what dockerd
+//! sends to registries it treats as insecure) are served for registries configured insecure.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::body::{full, ProxyBody};
+use crate::config::{Config, Credentials};
+use crate::listener::Http;
+use crate::proxy::Inbound;
+use crate::reference::normalize_registry;
+use crate::tls::{self, LocalCa, TlsError};
+use crate::upstream::auth::host_allowed;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to do with a `CONNECT host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Terminate TLS and serve as this registry.
+    Intercept(String),
+    Tunnel,
+    Refuse,
+}
+
+pub struct Forward {
+    http: Http,
+    ca: Arc<LocalCa>,
+    leaves: moka::sync::Cache<String, Arc<rustls::ServerConfig>>,
+    leaf_validity: Duration,
+    registries: HashSet<String>,
+    /// Registries that may be reached through plain-HTTP absolute URIs.
+    insecure: HashSet<String>,
+    tunnel_hosts: Vec<String>,
+    proxy_auth: Option<Vec<u8>>,
+}
+
+impl Forward {
+    pub fn new(config: &Config, http: Http, ca: Arc<LocalCa>) -> Forward {
+        let leaf_validity = config.forward.leaf_validity;
+        Forward {
+            http,
+            ca,
+            leaves: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(leaf_validity / 2)
+                .build(),
+            leaf_validity,
+            registries: config.registries.keys().cloned().collect(),
+            insecure: config
+                .registries
+                .values()
+                .filter(|r| r.insecure_skip_verify || r.endpoint.scheme() == "http")
+                .map(|r| r.host.clone())
+                .collect(),
+            tunnel_hosts: config.forward.tunnel_hosts.clone(),
+            proxy_auth: config.forward.proxy_auth.as_ref().map(expected_proxy_auth),
+        }
+    }
+
+    /// The registry a `host[:port]` names: the port is part of the name unless it is 443.
+    fn registry_for(&self, host: &str, port: u16, default_port: u16) -> Option<String> {
+        let name = if port == default_port {
+            host.to_owned()
+        } else {
+            format!("{host}:{port}")
+        };
+        let name = normalize_registry(&name);
+        self.registries.contains(&name).then_some(name)
+    }
+
+    pub fn verdict(&self, host: &str, port: u16) -> Verdict {
+        if let Some(registry) = self.registry_for(host, port, 443) {
+            return Verdict::Intercept(registry);
+        }
+        if host_allowed(&self.tunnel_hosts, host, Some(port)) {
+            return Verdict::Tunnel;
+        }
+        Verdict::Refuse
+    }
+
+    /// A TLS config presenting a certificate for `host`, issued once and cached.
+    fn leaf(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        if let Some(config) = self.leaves.get(host) {
+            return Ok(config);
+        }
+        let leaf = self.ca.issue(&[host.to_owned()], self.leaf_validity)?;
+        let config = tls::server_config(leaf.chain, leaf.key)?;
+        self.http.metrics.certificates_issued.inc();
+        info!(host, "issued interception certificate");
+        self.leaves.insert(host.to_owned(), config.clone());
+        Ok(config)
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        match &self.proxy_auth {
+            None => true,
+            Some(expected) => req
+                .headers()
+                .get(header::PROXY_AUTHORIZATION)
+                .is_some_and(|v| v.as_bytes() == expected.as_slice()),
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        if !self.authorized(&req) {
+            self.count("unauthorized");
+            let mut resp = plain(
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                "proxy authentication required\n",
+            );
+            resp.headers_mut().insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="portcullis""#),
+            );
+            return resp;
+        }
+        let Some(authority) = req.uri().authority().cloned() else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "portcullis is a proxy: use CONNECT or an absolute URI\n",
+            );
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if req.method() == Method::CONNECT {
+            let port = authority.port_u16().unwrap_or(443);
+            let verdict = self.verdict(&host, port);
+            info!(%peer, host, port, ?verdict, "CONNECT");
+            match verdict {
+                Verdict::Refuse => {
+                    self.count("refused");
+                    warn!(%peer, host, port, "refused CONNECT to a host that is not a configured registry");
+                    return plain(
+                        StatusCode::FORBIDDEN,
+                        &format!("portcullis: {host}:{port} is not a configured registry\n"),
+                    );
+                }
+                Verdict::Tunnel => {
+                    self.count("tunnel");
+                    let target = format!("{host}:{port}");
+                    tokio::spawn(
+                        async move { tunnel(hyper::upgrade::on(req), &target, peer).await },
+                    );
+                }
+                Verdict::Intercept(registry) => {
+                    self.count("intercept");
+                    let tls = match self.leaf(&host) {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            warn!(host, error = %e, "cannot issue an interception certificate");
+                            return plain(
+                                StatusCode::BAD_GATEWAY,
+                                "portcullis: cannot issue a certificate\n",
+                            );
+                        }
+                    };
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                            return;
+                        };
+                        let Some(_permit) = this.http.slot() else {
+                            return;
+                        };
+                        let inbound = Inbound {
+                            listener: "proxy",
+                            registry: Some(registry.into()),
+                        };
+                        this.http
+                            .serve_tls(
+                                TokioIo::new(upgraded),
+                                TlsAcceptor::from(tls),
+                                peer,
+                                inbound,
+                            )
+                            .await;
+                    });
+                }
+            }
+            return Response::new(crate::body::empty());
+        }
+        // An absolute-URI request: plain HTTP to a registry docker treats as insecure.
+        let port = authority.port_u16().unwrap_or(80);
+        match self
+            .registry_for(&host, port, 80)
+            .filter(|r| self.insecure.contains(r))
+        {
+            Some(registry) => {
+                self.count("plain_http");
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "/".to_owned());
+                if let Ok(uri) = path.parse::<Uri>() {
+                    *req.uri_mut() = uri;
+                }
+                let inbound = Inbound {
+                    listener: "proxy",
+                    registry: Some(registry.into()),
+                };
+                self.http.proxy.clone().handle(req, peer, inbound).await
+            }
+            None => {
+                self.count("refused");
+                plain(
+                    StatusCode::FORBIDDEN,
+                    &format!("portcullis: plain HTTP to {host}:{port} is not allowed\n"),
+                )
+            }
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.http
+            .metrics
+            .proxy_connects
+            .with_label_values(&[result])
+            .inc();
+    }
+}
+
+fn expected_proxy_auth(c: &Credentials) -> Vec<u8> {
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+    format!("Basic {encoded}").into_bytes()
+}
+
+async fn tunnel(upgrade: hyper::upgrade::OnUpgrade, target: &str, peer: SocketAddr) {
+    let Ok(upgraded) = upgrade.await else { return };
+    let mut client = TokioIo::new(upgraded);
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(mut server)) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                debug!(%peer, target, error = %e, "tunnel closed");
+            }
+        }
+        Ok(Err(e)) => warn!(%peer, target, error = %e, "tunnel connect failed"),
+        Err(_) => warn!(%peer, target, "tunnel connect timed out"),
+    }
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::from(body.to_owned())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Accept forward-proxy connections (plain HTTP/1.1, CONNECT and absolute URIs).
+pub async fn serve(
+    listener: TcpListener,
+    forward: Arc<Forward>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let forward = forward.clone();
+        tokio::spawn(async move {
+            let max_buf = forward.http.limits.max_header_bytes.max(8192);
+            let svc_forward = forward.clone();
+            let service = service_fn(move |req| {
+                let forward = svc_forward.clone();
+                async move { Ok::<_, Infallible>(forward.handle(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(max_buf)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "proxy connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(toml: &str) -> Forward {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::parse_str(toml).expect("config");
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(
+            crate::metrics::Metrics::new(&registry, config.registries.keys().cloned())
+                .expect("metrics"),
+        );
+        let proxy = Arc::new(crate::proxy::Proxy::new(&config, metrics.clone()).expect("proxy"));
+        let http = Http::new(proxy, metrics, crate::listener::Limits::default());
+        let (ca, _) = LocalCa::load_or_create(dir.path()).expect("ca");
+        Forward::new(&config, http, Arc::new(ca))
+    }
+
+    const CONFIG: &str = r#"
+[forward]
+tunnel_hosts = ["auth.example.com:443"]
+[[registry]]
+host = "docker.io"
+endpoint = "https://127.0.0.1:5001"
+[[registry]]
+host = "registry.example.com"
+endpoint = "https://127.0.0.1:5002"
+[[registry]]
+host = "insecure.example.com:5000"
+endpoint = "http://127.0.0.1:5003"
+"#;
+
+    #[test]
+    fn connects_are_intercepted_tunnelled_or_refused() {
+        let f = forward(CONFIG);
+        assert_eq!(
+            f.verdict("registry-1.docker.io", 443),
+            Verdict::Intercept("docker.io".into())
+        );
+        assert_eq!(
+            f.verdict("index.docker.io", 443),
+            Verdict::Intercept("docker.io".into())
+        );
+        assert_eq!(
+            f.verdict("registry.example.com", 443),
+            Verdict::Intercept("registry.example.com".into())
+        );
+        assert_eq!(
+            f.verdict("registry.example.com", 8443),
+            Verdict::Refuse,
+            "another port is another registry"
+        );
+        assert_eq!(
+            f.verdict("insecure.example.com", 5000),
+            Verdict::Intercept("insecure.example.com:5000".into())
+        );
+        assert_eq!(f.verdict("auth.example.com", 443), Verdict::Tunnel);
+        assert_eq!(f.verdict("evil.example.net", 443), Verdict::Refuse);
+        assert_eq!(
+            f.verdict("127.0.0.1", 5001),
+            Verdict::Refuse,
+            "endpoints are not reachable by address"
+        );
+    }
+
+    #[tokio::test]
+    async fn interception_certificates_are_issued_once_per_host() {
+        let f = forward(CONFIG);
+        let a = f.leaf("registry-1.docker.io").expect("leaf");
+        let b = f.leaf("registry-1.docker.io").expect("leaf");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(f.http.metrics.certificates_issued.get(), 1);
+    }
+
+    #[test]
+    fn plain_http_only_for_insecure_registries() {
+        let f = forward(CONFIG);
+        assert!(f
+            .registry_for("insecure.example.com", 5000, 80)
+            .is_some_and(|r| f.insecure.contains(&r)));
+        assert!(f
+            .registry_for("registry.example.com", 80, 80)
+            .is_some_and(|r| !f.insecure.contains(&r)));
+    }
+}
