@@ -780,19 +780,18 @@ credentials = { username = "alice", password_env = "PATH" }
     }
 
     #[test]
-    fn the_readme_example_is_a_valid_configuration() {
+    fn the_readme_examples_are_valid_configurations() {
         let readme = include_str!("../README.md");
-        let section = readme
-            .split("## Configuration")
-            .nth(1)
-            .expect("configuration section");
-        let example = section
-            .split("```toml")
-            .nth(1)
-            .and_then(|s| s.split("```").next())
-            .expect("toml block");
+        let section = readme.split("## Configuration").nth(1).expect("configuration section");
+        let section = section.split("\n## ").next().unwrap_or_default();
         std::env::set_var("EXAMPLE_REGISTRY_PASSWORD", "example");
-        let c = parse(example).unwrap_or_else(|e| panic!("README example: {e:#?}"));
+        let blocks: Vec<&str> =
+            section.split("```toml").skip(1).filter_map(|s| s.split("```").next()).collect();
+        assert!(blocks.len() >= 2, "README configuration examples");
+        for block in &blocks {
+            parse(block).unwrap_or_else(|e| panic!("README example:\n{block}\n{e:#?}"));
+        }
+        let c = parse(blocks[0]).expect("first example");
         assert_eq!(c.resolve.search, vec!["registry.example.com", "docker.io"]);
         assert_eq!(c.registries.len(), 2);
     }
