@@ -18,6 +18,7 @@ use crate::reference::{normalize_registry, Name, DOCKER_HUB};
 
 /// Where docker.io really lives, and the hosts it sends clients to for tokens and blobs.
 const DOCKER_HUB_ENDPOINT: &str = "https://registry-1.docker.io";
+const DOCKER_HUB_INDEX: &str = "https://index.docker.io";
 const DOCKER_HUB_TOKEN_HOSTS: &[&str] = &["auth.docker.io"];
 const DOCKER_HUB_REDIRECT_HOSTS: &[&str] = &[
     "production.cloudflare.docker.com",
@@ -108,6 +109,8 @@ struct RawResolve {
     search: Option<Spanned<Vec<Spanned<String>>>>,
     push: Option<Spanned<String>>,
     cache_ttl_secs: Option<u64>,
+    search_timeout_secs: Option<u64>,
+    catalog_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -129,6 +132,8 @@ struct RawRegistry {
     pass_client_credentials: bool,
     token_hosts: Option<Vec<String>>,
     redirect_hosts: Option<Vec<String>>,
+    search: Option<Spanned<String>>,
+    search_endpoint: Option<Spanned<String>>,
     connect_timeout_secs: Option<u64>,
     response_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
@@ -195,6 +200,10 @@ pub struct ResolveConfig {
     pub push: Option<String>,
     pub aliases: HashMap<String, (String, crate::reference::Repository)>,
     pub cache_ttl: Duration,
+    /// Each registry's share of a `docker search`.
+    pub search_timeout: Duration,
+    /// How long a registry's catalog is reused for searches.
+    pub catalog_ttl: Duration,
 }
 
 #[derive(Clone)]
@@ -207,6 +216,7 @@ pub struct RegistryConfig {
     pub pass_client_credentials: bool,
     pub token_hosts: Vec<String>,
     pub redirect_hosts: Vec<String>,
+    pub search: SearchMode,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
@@ -222,6 +232,16 @@ impl fmt::Debug for RegistryConfig {
             .field("pass_client_credentials", &self.pass_client_credentials)
             .finish_non_exhaustive()
     }
+}
+
+/// How `docker search` asks a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchMode {
+    /// A v1 search API (docker.io's index) at this base URL.
+    V1(url::Url),
+    /// Match names from the registry's `/v2/_catalog`.
+    Catalog,
+    Off,
 }
 
 /// Upstream credentials; `Debug` never shows the password.
@@ -511,6 +531,10 @@ impl Checker<'_> {
                 push,
                 aliases,
                 cache_ttl: Duration::from_secs(raw.resolve.cache_ttl_secs.unwrap_or(600)),
+                search_timeout: Duration::from_secs(
+                    raw.resolve.search_timeout_secs.unwrap_or(10).max(1),
+                ),
+                catalog_ttl: Duration::from_secs(raw.resolve.catalog_ttl_secs.unwrap_or(300)),
             },
             cache: CacheConfig {
                 manifest_bytes: raw.cache.manifest_bytes.unwrap_or(64 * 1024 * 1024),
@@ -605,6 +629,9 @@ impl Checker<'_> {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            search: SearchMode::V1(
+                url::Url::parse(DOCKER_HUB_INDEX).unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
@@ -660,6 +687,46 @@ impl Checker<'_> {
             })
         };
         let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+        let search_endpoint =
+            r.search_endpoint
+                .as_ref()
+                .and_then(|e| match url::Url::parse(e.get_ref()) {
+                    Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Some(u),
+                    _ => {
+                        self.problem(
+                            Some(e.span()),
+                            &format!("{key}.search_endpoint"),
+                            "must be an http(s) URL",
+                        );
+                        None
+                    }
+                });
+        let search = match r.search.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None if hub => search_endpoint
+                .or_else(|| url::Url::parse(DOCKER_HUB_INDEX).ok())
+                .map_or(SearchMode::Off, SearchMode::V1),
+            None | Some(("catalog", _)) => SearchMode::Catalog,
+            Some(("off", _)) => SearchMode::Off,
+            Some(("v1", span)) => match search_endpoint {
+                Some(u) => SearchMode::V1(u),
+                None => {
+                    self.problem(
+                        Some(span),
+                        &format!("{key}.search"),
+                        "\"v1\" needs search_endpoint",
+                    );
+                    SearchMode::Off
+                }
+            },
+            Some((other, span)) => {
+                self.problem(
+                    Some(span),
+                    &format!("{key}.search"),
+                    format!("{other:?} is not one of \"v1\", \"catalog\", \"off\""),
+                );
+                SearchMode::Off
+            }
+        };
         Some(RegistryConfig {
             host: host.to_owned(),
             endpoint,
@@ -669,6 +736,7 @@ impl Checker<'_> {
             pass_client_credentials: r.pass_client_credentials,
             token_hosts: defaults(r.token_hosts, DOCKER_HUB_TOKEN_HOSTS),
             redirect_hosts: defaults(r.redirect_hosts, DOCKER_HUB_REDIRECT_HOSTS),
+            search,
             connect_timeout: secs(r.connect_timeout_secs, 10),
             response_timeout: secs(r.response_timeout_secs, 60),
             idle_timeout: secs(r.idle_timeout_secs, 90),
@@ -782,11 +850,17 @@ credentials = { username = "alice", password_env = "PATH" }
     #[test]
     fn the_readme_examples_are_valid_configurations() {
         let readme = include_str!("../README.md");
-        let section = readme.split("## Configuration").nth(1).expect("configuration section");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("configuration section");
         let section = section.split("\n## ").next().unwrap_or_default();
         std::env::set_var("EXAMPLE_REGISTRY_PASSWORD", "example");
-        let blocks: Vec<&str> =
-            section.split("```toml").skip(1).filter_map(|s| s.split("```").next()).collect();
+        let blocks: Vec<&str> = section
+            .split("```toml")
+            .skip(1)
+            .filter_map(|s| s.split("```").next())
+            .collect();
         assert!(blocks.len() >= 2, "README configuration examples");
         for block in &blocks {
             parse(block).unwrap_or_else(|e| panic!("README example:\n{block}\n{e:#?}"));

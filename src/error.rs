@@ -48,6 +48,8 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error("reading the request body: {0}")]
     ClientBody(String),
+    #[error("every search registry failed: {0}")]
+    SearchFailed(String),
 }
 
 impl ProxyError {
@@ -67,6 +69,7 @@ impl ProxyError {
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::Upstream(e) => e.status(),
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::SearchFailed(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -91,7 +94,7 @@ impl ProxyError {
             ProxyError::Unauthorized => ErrorCode::Unauthorized,
             // No distribution code means "upstream is down"; UNSUPPORTED would mislead and an
             // unknown code prints as "unknown:", so DENIED with the registry named reads best.
-            ProxyError::Upstream(_) => ErrorCode::Denied,
+            ProxyError::Upstream(_) | ProxyError::SearchFailed(_) => ErrorCode::Denied,
         }
     }
 

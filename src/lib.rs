@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod reference;
 pub mod resolve;
 pub mod route;
+pub mod search;
 pub mod tls;
 pub mod upstream;
 

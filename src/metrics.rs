@@ -33,6 +33,7 @@ pub struct Metrics {
     pub build_info: IntGauge,
     pub tls_handshake_failures: IntCounter,
     pub proxy_connects: IntCounterVec,
+    pub search_failures: IntCounterVec,
     pub certificates_issued: IntCounter,
 }
 
@@ -131,12 +132,18 @@ impl Metrics {
                 .namespace(NS),
                 &["result"],
             )?,
+            search_failures: IntCounterVec::new(
+                Opts::new("search_failures_total", "Search registries skipped in a docker search, by registry")
+                    .namespace(NS),
+                &["registry"],
+            )?,
             certificates_issued: IntCounter::with_opts(
                 Opts::new("tls_certificates_issued_total", "Interception certificates issued by the local CA")
                     .namespace(NS),
             )?,
         };
         registry.register(Box::new(m.proxy_connects.clone()))?;
+        registry.register(Box::new(m.search_failures.clone()))?;
         registry.register(Box::new(m.certificates_issued.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;

@@ -23,6 +23,7 @@ use crate::metrics::{status_class, Counted, Metrics};
 use crate::reference::{Name, Reference, Repository, DOCKER_HUB};
 use crate::resolve::{Plan, Resolver, Target};
 use crate::route::{self, Route};
+use crate::search::Search;
 use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError, Upstreams};
 
 /// The challenge portcullis answers so that docker offers its credentials.
@@ -75,6 +76,7 @@ pub struct Proxy {
     resolver: Resolver,
     upstreams: Upstreams,
     manifests: ManifestCache,
+    search: Search,
     metrics: Arc<Metrics>,
 }
 
@@ -86,6 +88,7 @@ impl Proxy {
             upstreams: Upstreams::new(config, metrics.clone())?,
             metrics,
             manifests: ManifestCache::new(config.cache.manifest_bytes),
+            search: Search::new(config.resolve.catalog_ttl, config.resolve.search_timeout),
         })
     }
 
@@ -165,8 +168,12 @@ impl Proxy {
         match route {
             Route::Base => Ok(self.base(&req)),
             Route::Catalog => self.catalog(&req, inbound).await,
-            Route::V1Ping | Route::V1Search => {
-                Err(route::RouteError::NotFound(req.uri().path().to_owned()).into())
+            Route::V1Ping => Ok(crate::search::ping()),
+            Route::V1Search => {
+                let registries = self.resolver.search_registries();
+                self.search
+                    .serve(registries, &self.upstreams, &self.metrics, &req)
+                    .await
             }
             _ => self.repository(route, req, inbound).await,
         }

@@ -144,6 +144,8 @@ mod tests {
             push: push.map(str::to_owned),
             aliases,
             cache_ttl: Duration::from_secs(60),
+            search_timeout: Duration::from_secs(1),
+            catalog_ttl: Duration::from_secs(1),
         };
         Resolver::new(
             &config,

@@ -177,6 +177,24 @@ impl Upstream {
         Identity::Anonymous
     }
 
+    pub fn protocol_error(&self, message: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            registry: self.config.host.clone(),
+            message,
+        }
+    }
+
+    /// GET a URL that comes from this registry's configuration (its search endpoint), with
+    /// no credentials: only configuration, never an upstream answer, chooses such a URL.
+    pub async fn get_configured_url(&self, url: &str) -> Result<Response<Incoming>, UpstreamError> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| self.protocol_error(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        self.request(Method::GET, uri, headers, empty(), None).await
+    }
+
     /// Would a request for this client be made as an identity every client shares? Only
     /// then may its answer be cached for other clients.
     pub fn identity_is_shared(&self, client_authorization: Option<&HeaderValue>) -> bool {
