@@ -4,6 +4,7 @@
 
 use crate::harness::image::sha256_digest;
 use crate::harness::process::describe;
+use crate::harness::tempdir::TestDir;
 use crate::harness::*;
 
 /// Drops `it`, then checks none of the processes it had started is alive.
@@ -252,4 +253,106 @@ fn raw_tls_reads_a_registry_error_body() {
         ["MANIFEST_UNKNOWN"],
         "{answer}"
     );
+}
+
+#[test]
+fn dockerd_pulls_a_random_image_that_skopeo_pushed() {
+    let registry = Registry::start(Auth::None);
+    let image = OciImage::random(&[10 * 1024, 200 * 1024]);
+    registry.seed(&image, "selftest/random:1");
+    let dockerd = Dockerd::start();
+
+    let pull = dockerd.docker_ok(&["pull", &format!("{}/selftest/random:1", registry.host())]);
+
+    let text = String::from_utf8_lossy(&pull.stdout).into_owned();
+    assert!(
+        text.contains(&image.manifest_digest),
+        "pulled something else:\n{text}"
+    );
+    let ids = dockerd.docker_ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        &format!("{}/selftest/random:1", registry.host()),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&ids.stdout).trim(),
+        image.config.digest
+    );
+}
+
+#[test]
+fn podman_pulls_from_a_tls_registry_trusting_its_ca() {
+    let registry = Registry::start(Auth::None);
+    let image = OciImage::random(&[10 * 1024]);
+    registry.seed(&image, "selftest/podman:1");
+    let podman = Podman::new();
+    let cert_dir = registry.cert_dir().display().to_string();
+    let reference = format!("{}/selftest/podman:1", registry.host());
+
+    let pull = podman.run(&["pull", "--cert-dir", &cert_dir, &reference]);
+
+    assert!(
+        pull.status.success(),
+        "podman pull failed:\n{}",
+        describe(&pull)
+    );
+    assert!(
+        String::from_utf8_lossy(&pull.stdout)
+            .contains(image.config.digest.trim_start_matches("sha256:")),
+        "{}",
+        describe(&pull)
+    );
+}
+
+#[test]
+fn proxy_config_renders_the_toml_portcullis_reads() {
+    let registry = Registry::start(Auth::None);
+    let toml = ProxyConfig::new()
+        .search(&["registry.example.com", "docker.io"])
+        .push("corp.example.com")
+        .alias("myalias", "registry.example.com/team/tool")
+        .registry(
+            Upstream::new("docker.io", &registry)
+                .credentials_from_env("alice", "CORP_PASSWORD")
+                .token_host("127.0.0.1:5009"),
+        )
+        .toml();
+    let state = TestDir::new("state");
+    let full = crate::harness::portcullis::complete(
+        &toml,
+        state.path(),
+        "127.0.0.1:5443".parse().unwrap(),
+    );
+
+    let config: toml::Table = full.parse().expect("valid TOML");
+    assert_eq!(
+        config["state_dir"].as_str(),
+        Some(state.path().to_str().unwrap())
+    );
+    assert_eq!(
+        config["listen"]["registry"].as_str(),
+        Some("127.0.0.1:5443")
+    );
+    assert_eq!(config["tls"]["names"].as_array().map(Vec::len), Some(2));
+    assert_eq!(config["resolve"]["search"][1].as_str(), Some("docker.io"));
+    assert_eq!(config["resolve"]["push"].as_str(), Some("corp.example.com"));
+    assert_eq!(
+        config["aliases"]["myalias"].as_str(),
+        Some("registry.example.com/team/tool")
+    );
+    let upstream = &config["registry"][0];
+    assert_eq!(upstream["host"].as_str(), Some("docker.io"));
+    assert_eq!(upstream["endpoint"].as_str(), Some(registry.url().as_str()));
+    assert_eq!(
+        upstream["ca_file"].as_str(),
+        Some(registry.ca_file().to_str().unwrap())
+    );
+    assert_eq!(
+        upstream["credentials"]["password_env"].as_str(),
+        Some("CORP_PASSWORD")
+    );
+    assert_eq!(upstream["token_hosts"][0].as_str(), Some("127.0.0.1:5009"));
+    assert_eq!(upstream["response_timeout_secs"].as_integer(), Some(30));
 }

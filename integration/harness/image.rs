@@ -267,3 +267,31 @@ impl Write for HashingWriter {
         self.inner.flush()
     }
 }
+
+/// Checks that the `dir:` layout at `dir` holds exactly `expected`: the same manifest
+/// bytes and byte-identical blobs.
+pub fn assert_same_image(expected: &OciImage, dir: &Path) {
+    let manifest = std::fs::read(dir.join("manifest.json"))
+        .unwrap_or_else(|e| panic!("no manifest.json in {}: {e}", dir.display()));
+    assert_eq!(
+        sha256_digest(&manifest),
+        expected.manifest_digest,
+        "manifest differs:\n{}",
+        String::from_utf8_lossy(&manifest)
+    );
+    for blob in expected.blobs() {
+        let path = blob_path(dir, &blob.digest);
+        assert!(
+            path.is_file(),
+            "blob {} missing from {}",
+            blob.digest,
+            dir.display()
+        );
+        assert_eq!(
+            file_digest(&path),
+            blob.digest,
+            "blob {} differs",
+            blob.digest
+        );
+    }
+}

@@ -22,6 +22,7 @@ pub mod tempdir;
 pub mod token_server;
 pub mod tools;
 
+#[allow(unused_imports)]
 pub use ca::Ca;
 pub use dockerd::Dockerd;
 pub use fault::TruncatingUpstream;
@@ -31,4 +32,5 @@ pub use portcullis::{Portcullis, ProxyConfig, Upstream};
 pub use process::ProcessId;
 pub use registry::{Auth, Registry};
 pub use token_server::TokenServer;
+#[allow(unused_imports)]
 pub use tools::{Podman, Skopeo};

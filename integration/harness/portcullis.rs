@@ -182,7 +182,7 @@ impl Drop for RssSampler {
 }
 
 /// Adds `state_dir`, `[listen] registry` and `[tls] names` unless present.
-fn complete(config_toml: &str, state_dir: &std::path::Path, addr: SocketAddr) -> String {
+pub fn complete(config_toml: &str, state_dir: &std::path::Path, addr: SocketAddr) -> String {
     let mut table: toml::Table = config_toml
         .parse()
         .unwrap_or_else(|e| panic!("test config is not TOML: {e}\n{config_toml}"));

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use super::ca::Ca;
 use super::http::https;
+use super::image::OciImage;
 use super::net::{free_port, port_was_taken, wait_for, PORT_ATTEMPTS};
 use super::process::{describe, run, ProcessId, Supervised};
 use super::tempdir::TestDir;
 use super::token_server::TokenServer;
+use super::tools::Skopeo;
 
 /// How a registry authenticates its clients.
 pub enum Auth<'a> {
@@ -30,6 +32,7 @@ pub struct Registry {
     process: Supervised,
     port: u16,
     ca: Arc<Ca>,
+    credentials: Option<(String, String)>,
     dir: TestDir,
 }
 
@@ -44,6 +47,11 @@ impl Registry {
         let (cert, key) = ca.issue_loopback_files(dir.path());
         let auth_yaml = auth_section(&auth, &dir);
         let storage = dir.subdir("storage");
+        let credentials = match &auth {
+            Auth::None => None,
+            Auth::Htpasswd { user, password } => Some((user.to_string(), password.to_string())),
+            Auth::Token(server) => server.first_user(),
+        };
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
             let config = dir.write(
@@ -71,8 +79,9 @@ impl Registry {
                         process,
                         port,
                         ca,
+                        credentials,
                         dir,
-                    }
+                    };
                 }
                 Some(false) if port_was_taken(&process.log()) => continue,
                 _ => panic!(
@@ -106,6 +115,29 @@ impl Registry {
     /// A directory holding only the CA certificate, for skopeo's `--*-cert-dir`.
     pub fn cert_dir(&self) -> &Path {
         self.ca.cert_dir()
+    }
+
+    /// Pushes `image` straight into this registry as `repository:tag`, with the
+    /// registry's own credentials (the first token-server user for token auth).
+    pub fn seed(&self, image: &OciImage, repository_tag: &str) {
+        let cert_dir = self.cert_dir().display().to_string();
+        let mut args = vec!["--dest-cert-dir", cert_dir.as_str()];
+        let creds = self.credentials.as_ref().map(|(u, p)| format!("{u}:{p}"));
+        if let Some(creds) = &creds {
+            args.extend(["--dest-creds", creds.as_str()]);
+        }
+        let reference = format!("docker://{}/{repository_tag}", self.host());
+        let out = Skopeo::new().copy(&image.reference(), &reference, &args);
+        assert!(
+            out.status.success(),
+            "seeding {reference} failed:\n{}",
+            describe(&out)
+        );
+    }
+
+    /// `user:password` this registry accepts, if it wants any.
+    pub fn credentials(&self) -> Option<String> {
+        self.credentials.as_ref().map(|(u, p)| format!("{u}:{p}"))
     }
 
     /// The filesystem storage root (`docker/registry/v2/...` below it).

@@ -34,6 +34,7 @@ pub struct TokenRequest {
 
 struct State {
     users: HashMap<String, String>,
+    first_user: Option<(String, String)>,
     signer_der: Vec<u8>,
     signer_key_pem: String,
     requests: Mutex<Vec<TokenRequest>>,
@@ -60,6 +61,7 @@ impl TokenServer {
                 .iter()
                 .map(|(u, p)| (u.to_string(), p.to_string()))
                 .collect(),
+            first_user: users.first().map(|(u, p)| (u.to_string(), p.to_string())),
             signer_der: signer.der,
             signer_key_pem: signer.key_pem,
             requests: Mutex::new(Vec::new()),
@@ -118,6 +120,11 @@ impl TokenServer {
     /// The CA behind both the server's TLS certificate and its token signer.
     pub fn ca(&self) -> Arc<Ca> {
         self.ca.clone()
+    }
+
+    /// The first `(user, password)` it was started with.
+    pub fn first_user(&self) -> Option<(String, String)> {
+        self.state.first_user.clone()
     }
 
     /// How many requests arrived so far.
