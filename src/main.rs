@@ -1,1 +1,158 @@
-fn main(){}
+//! The `portcullis` command line: `serve`, `config check`, `certs init|ca`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::{tls, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A gatekeeper proxy for container registries"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (on the embedded defaults unless --config is given).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a configuration file and report every problem.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage the local certificate authority.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the local CA if it does not exist yet.
+    Init {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the CA certificate's path and PEM.
+    Ca {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match config {
+        Some(path) => Config::load(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("invalid configuration"),
+        None => Ok(Config::embedded_defaults()),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, log_format } => {
+            init_logging(log_format);
+            load(config.as_ref()).and_then(|config| {
+                let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+                runtime
+                    .block_on(portcullis::run(config, shutdown_signal()))
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => load(Some(&file)).map(|_| {
+            println!("{}: ok", file.display());
+        }),
+        Command::Certs { command } => certs(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn certs(command: CertsCommand) -> anyhow::Result<()> {
+    let (config, print_pem) = match command {
+        CertsCommand::Init { config } => (config, false),
+        CertsCommand::Ca { config } => (config, true),
+    };
+    let config = load(config.as_ref())?;
+    let (ca, origin) = tls::LocalCa::load_or_create(&config.state_dir)?;
+    let path = ca.cert_path();
+    if print_pem {
+        println!("{}", path.display());
+        print!(
+            "{}",
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        );
+    } else {
+        let verb = if origin == tls::Origin::Created {
+            "created"
+        } else {
+            "exists"
+        };
+        println!(
+            "local CA {verb}: {}\n{}",
+            path.display(),
+            tls::trust_instructions(path)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Streaming bodies: the one boxed body type the proxy passes around, and wrappers that
+//! keep a stream honest (idle timeout, digest verification) without buffering it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use sha2::{Digest as _, Sha256, Sha512};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no body data for {0:?}")]
+pub struct BodyTimeout(Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("body ended after {got} bytes, content digest {actual} does not match {expected}")]
+pub struct DigestMismatch {
+    pub expected: String,
+    pub actual: String,
+    pub got: u64,
+}
+
+pin_project_lite::pin_project! {
+    /// Fails the stream when no frame arrives for `timeout`: a stalled upstream must not
+    /// hold a client connection (and its memory) forever.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: Sleep,
+        timeout: Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            sleep: tokio::time::sleep(timeout),
+            timeout,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + *this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                ready!(this.sleep.poll(cx));
+                Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.timeout)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Hasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    fn for_digest(expected: &str) -> Option<Hasher> {
+        match expected.split_once(':')?.0 {
+            "sha256" => Some(Hasher::Sha256(Sha256::new())),
+            "sha512" => Some(Hasher::Sha512(Sha512::new())),
+            _ => None,
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+    fn finish(&mut self) -> String {
+        match self {
+            Hasher::Sha256(h) => format!("sha256:{}", hex::encode(std::mem::take(h).finalize())),
+            Hasher::Sha512(h) => format!("sha512:{}", hex::encode(std::mem::take(h).finalize())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Verifies a content-addressed body against its digest while streaming it. The last
+    /// data frame is held back until the digest is known, so a client never receives a
+    /// complete-looking body whose content is wrong: on a mismatch the stream fails instead
+    /// and the connection is aborted.
+    pub struct Verified<B> {
+        #[pin]
+        inner: B,
+        hasher: Option<Hasher>,
+        expected: String,
+        held: Option<Bytes>,
+        got: u64,
+        done: bool,
+    }
+}
+
+impl<B> Verified<B> {
+    /// A digest algorithm we cannot check streams through unverified.
+    pub fn new(inner: B, expected: &str) -> Self {
+        Verified {
+            inner,
+            hasher: Hasher::for_digest(expected),
+            expected: expected.to_owned(),
+            held: None,
+            got: 0,
+            done: false,
+        }
+    }
+}
+
+impl<B> Body for Verified<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.done {
+                return Poll::Ready(None);
+            }
+            match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Some(h) = this.hasher.as_mut() {
+                            h.update(&data);
+                        }
+                        *this.got += data.len() as u64;
+                        if let Some(previous) = this.held.replace(data) {
+                            return Poll::Ready(Some(Ok(Frame::data(previous))));
+                        }
+                    }
+                    // Trailers are not part of the content; registries do not send them.
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {
+                    *this.done = true;
+                    let actual = this.hasher.as_mut().map(Hasher::finish);
+                    if let Some(actual) = actual.filter(|a| a != this.expected) {
+                        return Poll::Ready(Some(Err(Box::new(DigestMismatch {
+                            expected: this.expected.clone(),
+                            actual,
+                            got: *this.got,
+                        }))));
+                    }
+                    return Poll::Ready(this.held.take().map(|d| Ok(Frame::data(d))));
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn chunks(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = BoxError> {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    fn sha256(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    #[tokio::test]
+    async fn verified_body_passes_matching_content_whole() {
+        let digest = sha256(b"hello world");
+        let body = Verified::new(chunks(&[b"hello ", b"wor", b"ld"]), &digest);
+        let out = body.collect().await.expect("matches").to_bytes();
+        assert_eq!(&out[..], b"hello world");
+    }
+
+    #[tokio::test]
+    async fn verified_body_withholds_the_last_frame_on_mismatch() {
+        let digest = sha256(b"something else");
+        let mut body = Box::pin(Verified::new(chunks(&[b"hello ", b"world"]), &digest));
+        let mut seen = Vec::new();
+        let mut failed = false;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => seen.extend_from_slice(f.data_ref().map(|b| &b[..]).unwrap_or_default()),
+                Err(e) => {
+                    assert!(e.to_string().contains("does not match"), "{e}");
+                    failed = true;
+                }
+            }
+        }
+        assert!(failed);
+        assert_eq!(seen, b"hello ", "the final frame must not reach the client");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fails_a_stalled_body() {
+        let stalled = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >());
+        let body = IdleTimeout::new(stalled, Duration::from_secs(5));
+        let Err(err) = body.collect().await else {
+            panic!("a stalled body must time out")
+        };
+        assert!(err.to_string().contains("no body data"), "{err}");
+    }
+}

@@ -1,0 +1,652 @@
+//! Server configuration: raw TOML structs checked into a [`Config`].
+//!
+//! Parsing is two-staged so that an operator sees every problem at once: serde rejects
+//! syntax errors and unknown keys (with line and column), then [`Config::from_raw`] checks
+//! meaning (unknown registries, bad URLs, missing credential sources) and reports each
+//! problem with its key and line before giving up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::reference::{normalize_registry, Name, DOCKER_HUB};
+
+/// Where docker.io really lives, and the hosts it sends clients to for tokens and blobs.
+const DOCKER_HUB_ENDPOINT: &str = "https://registry-1.docker.io";
+const DOCKER_HUB_TOKEN_HOSTS: &[&str] = &["auth.docker.io"];
+const DOCKER_HUB_REDIRECT_HOSTS: &[&str] = &[
+    "production.cloudflare.docker.com",
+    "*.r2.cloudflarestorage.com",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One configuration problem, located by file, line and key.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}: {}", self.file, line, self.key, self.message),
+            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    resolve: RawResolve,
+    #[serde(default)]
+    aliases: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    registry: Vec<RawRegistry>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    registry: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    names: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawResolve {
+    search: Option<Spanned<Vec<Spanned<String>>>>,
+    push: Option<Spanned<String>>,
+    cache_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    host: Spanned<String>,
+    endpoint: Option<Spanned<String>>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    credentials: Option<Spanned<RawCredentials>>,
+    #[serde(default)]
+    pass_client_credentials: bool,
+    token_hosts: Option<Vec<String>>,
+    redirect_hosts: Option<Vec<String>>,
+    connect_timeout_secs: Option<u64>,
+    response_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    username: String,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub listen_registry: SocketAddr,
+    pub tls: TlsConfig,
+    pub resolve: ResolveConfig,
+    /// Keyed by the normalised registry host clients use (e.g. `docker.io`).
+    pub registries: HashMap<String, RegistryConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolveConfig {
+    pub search: Vec<String>,
+    pub push: Option<String>,
+    pub aliases: HashMap<String, (String, crate::reference::Repository)>,
+    pub cache_ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct RegistryConfig {
+    pub host: String,
+    pub endpoint: url::Url,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub credentials: Option<Credentials>,
+    pub pass_client_credentials: bool,
+    pub token_hosts: Vec<String>,
+    pub redirect_hosts: Vec<String>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+impl fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("host", &self.host)
+            .field("endpoint", &self.endpoint.as_str())
+            .field("credentials", &self.credentials)
+            .field("pass_client_credentials", &self.pass_client_credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Upstream credentials; `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({}:<redacted>)", self.username)
+    }
+}
+
+impl Config {
+    /// The embedded defaults: a registry endpoint on 127.0.0.1:5443 in front of docker.io.
+    pub fn embedded_defaults() -> Config {
+        // The embedded defaults are a literal configuration, so they go through the same checks.
+        Config::parse("", "<embedded defaults>", |_| None)
+            .unwrap_or_else(|e| unreachable!("embedded defaults are valid: {e:?}"))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &path.display().to_string(), |p| Some(base.join(p)))
+            .map_err(ConfigError::Invalid)
+    }
+
+    /// Parse configuration text. `resolve_path` makes relative paths relative to the file.
+    fn parse(
+        text: &str,
+        file: &str,
+        resolve_path: impl Fn(&Path) -> Option<PathBuf>,
+    ) -> Result<Config, Vec<Problem>> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            vec![Problem {
+                file: file.to_owned(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                key: "syntax".to_owned(),
+                message: e.message().to_owned(),
+            }]
+        })?;
+        let mut check = Checker {
+            file,
+            text,
+            problems: Vec::new(),
+        };
+        let config = check.config(raw, &resolve_path);
+        if check.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(check.problems)
+        }
+    }
+
+    pub fn registry(&self, host: &str) -> Option<&RegistryConfig> {
+        self.registries.get(host)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line: span.map(|s| line_of(self.text, s.start)),
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn config(
+        &mut self,
+        raw: RawConfig,
+        resolve_path: &impl Fn(&Path) -> Option<PathBuf>,
+    ) -> Config {
+        let path = |p: PathBuf| resolve_path(&p).unwrap_or(p);
+        let state_dir = raw
+            .state_dir
+            .map(|s| path(s.into_inner()))
+            .unwrap_or_else(|| PathBuf::from("certs/state"));
+
+        let listen_registry = match raw.listen.registry {
+            None => SocketAddr::from(([127, 0, 0, 1], 5443)),
+            Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
+                self.problem(
+                    Some(s.span()),
+                    "listen.registry",
+                    format!("{:?} is not an address:port", s.get_ref()),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 5443))
+            }),
+        };
+
+        let tls = TlsConfig {
+            cert_file: raw.tls.cert_file.map(path),
+            key_file: raw.tls.key_file.map(path),
+            names: raw
+                .tls
+                .names
+                .unwrap_or_else(|| vec!["localhost".to_owned(), "127.0.0.1".to_owned()]),
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            self.problem(None, "tls", "cert_file and key_file must be given together");
+        }
+
+        let mut registries = HashMap::new();
+        if raw.registry.is_empty() {
+            registries.insert(DOCKER_HUB.to_owned(), self.docker_hub_default());
+        }
+        for r in raw.registry {
+            let key = format!("registry[{}]", r.host.get_ref());
+            let line = Some(r.host.span());
+            let host = normalize_registry(r.host.get_ref());
+            if !crate::reference::is_valid_registry_host(&host) {
+                self.problem(
+                    line.clone(),
+                    &format!("{key}.host"),
+                    "not a valid registry host",
+                );
+                continue;
+            }
+            if let Some(registry) = self.registry(r, &host, &key, &path) {
+                if registries.insert(host.clone(), registry).is_some() {
+                    self.problem(line, &format!("{key}.host"), "registry configured twice");
+                }
+            }
+        }
+
+        let search = match raw.resolve.search {
+            None => vec![DOCKER_HUB.to_owned()],
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .filter_map(|s| {
+                    let host = normalize_registry(s.get_ref());
+                    if registries.contains_key(&host) {
+                        Some(host)
+                    } else {
+                        self.problem(
+                            Some(s.span()),
+                            "resolve.search",
+                            format!("{:?} is not a configured [[registry]]", s.get_ref()),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        let push = raw.resolve.push.and_then(|s| {
+            let host = normalize_registry(s.get_ref());
+            if registries.contains_key(&host) {
+                Some(host)
+            } else {
+                self.problem(
+                    Some(s.span()),
+                    "resolve.push",
+                    format!("{:?} is not a configured [[registry]]", s.get_ref()),
+                );
+                None
+            }
+        });
+
+        let mut aliases = HashMap::new();
+        for (short, target) in raw.aliases {
+            let key = format!("aliases.{short:?}");
+            let span = Some(target.span());
+            match (Name::parse(&short), Name::parse(target.get_ref())) {
+                (
+                    Ok(Name::Short(_)),
+                    Ok(Name::Qualified {
+                        registry,
+                        repository,
+                    }),
+                ) => {
+                    if registries.contains_key(&registry) {
+                        aliases.insert(short, (registry, repository));
+                    } else {
+                        self.problem(
+                            span,
+                            &key,
+                            format!("registry {registry:?} is not a configured [[registry]]"),
+                        );
+                    }
+                }
+                (Ok(Name::Short(_)), Ok(Name::Short(_))) => self.problem(
+                    span,
+                    &key,
+                    "an alias must point at a fully qualified name (registry/repository)",
+                ),
+                (Ok(Name::Qualified { .. }), _) => {
+                    self.problem(span, &key, "an alias must be a short name")
+                }
+                (Err(e), _) | (_, Err(e)) => self.problem(span, &key, e.to_string()),
+            }
+        }
+
+        Config {
+            state_dir,
+            listen_registry,
+            tls,
+            resolve: ResolveConfig {
+                search,
+                push,
+                aliases,
+                cache_ttl: Duration::from_secs(raw.resolve.cache_ttl_secs.unwrap_or(600)),
+            },
+            registries,
+        }
+    }
+
+    fn docker_hub_default(&self) -> RegistryConfig {
+        RegistryConfig {
+            host: DOCKER_HUB.to_owned(),
+            endpoint: url::Url::parse(DOCKER_HUB_ENDPOINT).unwrap_or_else(|e| unreachable!("{e}")),
+            ca_file: None,
+            insecure_skip_verify: false,
+            credentials: None,
+            pass_client_credentials: false,
+            token_hosts: DOCKER_HUB_TOKEN_HOSTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            redirect_hosts: DOCKER_HUB_REDIRECT_HOSTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn registry(
+        &mut self,
+        r: RawRegistry,
+        host: &str,
+        key: &str,
+        path: &impl Fn(PathBuf) -> PathBuf,
+    ) -> Option<RegistryConfig> {
+        let hub = host == DOCKER_HUB;
+        let endpoint = match &r.endpoint {
+            Some(e) => match url::Url::parse(e.get_ref()) {
+                Ok(u)
+                    if (u.scheme() == "https" || u.scheme() == "http")
+                        && u.host_str().is_some()
+                        && (u.path() == "/" || u.path().is_empty())
+                        && u.query().is_none()
+                        && u.username().is_empty() =>
+                {
+                    u
+                }
+                Ok(_) => {
+                    self.problem(
+                        Some(e.span()),
+                        &format!("{key}.endpoint"),
+                        "must be http(s)://host[:port] with no path, query or credentials",
+                    );
+                    return None;
+                }
+                Err(err) => {
+                    self.problem(Some(e.span()), &format!("{key}.endpoint"), err.to_string());
+                    return None;
+                }
+            },
+            None if hub => url::Url::parse(DOCKER_HUB_ENDPOINT).ok()?,
+            None => url::Url::parse(&format!("https://{host}")).ok()?,
+        };
+        let credentials = r.credentials.and_then(|c| {
+            let span = Some(c.span());
+            let c = c.into_inner();
+            let password = match (c.password_file, c.password_env) {
+                (Some(file), None) => {
+                    let file = path(file);
+                    match std::fs::read_to_string(&file) {
+                        Ok(p) => p.trim_end_matches(['\n', '\r']).to_owned(),
+                        Err(e) => {
+                            self.problem(
+                                span,
+                                &format!("{key}.credentials.password_file"),
+                                format!("cannot read {}: {e}", file.display()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                (None, Some(var)) => match std::env::var(&var) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        self.problem(
+                            span,
+                            &format!("{key}.credentials.password_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                        return None;
+                    }
+                },
+                _ => {
+                    self.problem(
+                        span,
+                        &format!("{key}.credentials"),
+                        "give exactly one of password_file or password_env",
+                    );
+                    return None;
+                }
+            };
+            Some(Credentials {
+                username: c.username,
+                password,
+            })
+        });
+        let defaults = |v: Option<Vec<String>>, hub_default: &[&str]| {
+            v.unwrap_or_else(|| {
+                if hub {
+                    hub_default.iter().map(|s| s.to_string()).collect()
+                } else {
+                    Vec::new()
+                }
+            })
+        };
+        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
+        Some(RegistryConfig {
+            host: host.to_owned(),
+            endpoint,
+            ca_file: r.ca_file.map(path),
+            insecure_skip_verify: r.insecure_skip_verify,
+            credentials,
+            pass_client_credentials: r.pass_client_credentials,
+            token_hosts: defaults(r.token_hosts, DOCKER_HUB_TOKEN_HOSTS),
+            redirect_hosts: defaults(r.redirect_hosts, DOCKER_HUB_REDIRECT_HOSTS),
+            connect_timeout: secs(r.connect_timeout_secs, 10),
+            response_timeout: secs(r.response_timeout_secs, 60),
+            idle_timeout: secs(r.idle_timeout_secs, 90),
+            body_timeout: secs(r.body_timeout_secs, 60),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse(text, "test.toml", |_| None)
+    }
+
+    #[test]
+    fn embedded_defaults_front_docker_hub() {
+        let c = Config::embedded_defaults();
+        assert_eq!(c.listen_registry.to_string(), "127.0.0.1:5443");
+        assert_eq!(c.resolve.search, vec!["docker.io"]);
+        let hub = c.registry("docker.io").expect("docker.io configured");
+        assert_eq!(hub.endpoint.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(hub.token_hosts, vec!["auth.docker.io"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let err = parse("[listen]\nregistry = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].line, Some(3));
+        assert!(err[0].message.contains("bogus"), "{}", err[0]);
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let text = r#"
+[listen]
+registry = "nonsense"
+[resolve]
+search = ["nowhere.example.com", "docker.io"]
+push = "elsewhere.example.com"
+[aliases]
+"fedora" = "unknown.example.com/fedora"
+[[registry]]
+host = "docker.io"
+endpoint = "ftp://x"
+[[registry]]
+host = "corp.example.com"
+credentials = { username = "u", password_env = "PORTCULLIS_TEST_UNSET_VAR" }
+"#;
+        let err = parse(text).unwrap_err();
+        let rendered: Vec<String> = err.iter().map(|p| p.to_string()).collect();
+        let expect = [
+            ("test.toml:3: listen.registry", "not an address"),
+            ("test.toml:11: registry[docker.io].endpoint", "http(s)"),
+            (
+                "test.toml:14: registry[corp.example.com].credentials.password_env",
+                "not set",
+            ),
+            ("test.toml:5: resolve.search", "nowhere.example.com"),
+            ("test.toml:6: resolve.push", "elsewhere.example.com"),
+            ("test.toml:8: aliases.\"fedora\"", "unknown.example.com"),
+        ];
+        for (prefix, needle) in expect {
+            assert!(
+                rendered
+                    .iter()
+                    .any(|r| r.starts_with(prefix) && r.contains(needle)),
+                "missing {prefix} .. {needle} in {rendered:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn registries_aliases_and_push_are_checked_and_normalised() {
+        let text = r#"
+[resolve]
+search = ["registry.example.com", "index.docker.io"]
+push = "registry.example.com"
+[aliases]
+"tool" = "registry.example.com/team/tool"
+[[registry]]
+host = "registry-1.docker.io"
+endpoint = "https://127.0.0.1:5001"
+[[registry]]
+host = "registry.example.com"
+endpoint = "https://127.0.0.1:5002"
+credentials = { username = "alice", password_env = "PATH" }
+"#;
+        let c = parse(text).expect("valid");
+        assert_eq!(c.resolve.search, vec!["registry.example.com", "docker.io"]);
+        assert_eq!(c.resolve.push.as_deref(), Some("registry.example.com"));
+        let (reg, repo) = &c.resolve.aliases["tool"];
+        assert_eq!(
+            (reg.as_str(), repo.as_str()),
+            ("registry.example.com", "team/tool")
+        );
+        let hub = c.registry("docker.io").expect("hub");
+        assert_eq!(hub.endpoint.as_str(), "https://127.0.0.1:5001/");
+        assert_eq!(
+            hub.token_hosts,
+            vec!["auth.docker.io"],
+            "docker.io keeps its token host"
+        );
+        let corp = c.registry("registry.example.com").expect("corp");
+        assert!(format!("{corp:?}").contains("alice:<redacted>"));
+        assert!(!format!("{corp:?}").contains(&std::env::var("PATH").unwrap_or_default()));
+    }
+
+    #[test]
+    fn the_readme_example_is_a_valid_configuration() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("## Configuration").nth(1).expect("configuration section");
+        let example = section.split("```toml").nth(1).and_then(|s| s.split("```").next()).expect("toml block");
+        std::env::set_var("EXAMPLE_REGISTRY_PASSWORD", "example");
+        let c = parse(example).unwrap_or_else(|e| panic!("README example: {e:#?}"));
+        assert_eq!(c.resolve.search, vec!["registry.example.com", "docker.io"]);
+        assert_eq!(c.registries.len(), 2);
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_line() {
+        let err = parse("[listen]\nregistry = \n").unwrap_err();
+        assert_eq!(err[0].line, Some(2), "{}", err[0]);
+    }
+}

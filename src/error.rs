@@ -1,0 +1,194 @@
+//! The one place where a failure becomes an HTTP status and an OCI error body.
+//!
+//! Every layer has its own small error type; [`ProxyError`] gathers them and
+//! [`ProxyError::status`] / [`ProxyError::code`] decide what a client sees. Anything a client
+//! did wrong is a 4xx with a distribution-spec code; an upstream failure names the registry.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use oci_spec::distribution::{ErrorCode, ErrorInfoBuilder, ErrorResponseBuilder};
+
+use crate::body::{full, ProxyBody};
+use crate::reference::NameError;
+use crate::route::RouteError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// An image name pointed at a registry the configuration does not list.
+    #[error("registry {0} is not configured in portcullis; it will not be contacted")]
+    RegistryNotAllowed(String),
+    #[error("{0}: no default push registry is configured; push to a fully qualified name such as <portcullis>/registry.example.com/{0}")]
+    NoPushRegistry(String),
+    #[error("{name}: {what} not found in any search registry (tried {tried})")]
+    NotFound {
+        name: String,
+        what: &'static str,
+        tried: String,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("manifest larger than {0} bytes")]
+    ManifestTooLarge(usize),
+    #[error("{method} is not supported on {route}")]
+    MethodNotAllowed { method: String, route: &'static str },
+    #[error("upstream {registry} served a manifest whose digest is {actual}, not the requested {expected}")]
+    ManifestDigestMismatch {
+        registry: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("authentication required")]
+    Unauthorized,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("reading the request body: {0}")]
+    ClientBody(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Route(RouteError::NotFound(_)) => StatusCode::NOT_FOUND,
+            ProxyError::Route(_) | ProxyError::Name(_) | ProxyError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::RegistryNotAllowed(_) | ProxyError::NoPushRegistry(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::ManifestTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ManifestDigestMismatch { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::Upstream(e) => e.status(),
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProxyError::Route(RouteError::Name(NameError::InvalidDigest(_)))
+            | ProxyError::Name(NameError::InvalidDigest(_)) => ErrorCode::DigestInvalid,
+            ProxyError::Route(RouteError::Name(NameError::InvalidTag(_)))
+            | ProxyError::Name(NameError::InvalidTag(_)) => ErrorCode::ManifestInvalid,
+            ProxyError::Route(RouteError::NotFound(_)) => ErrorCode::NameUnknown,
+            ProxyError::Route(_) | ProxyError::Name(_) => ErrorCode::NameInvalid,
+            ProxyError::RegistryNotAllowed(_) | ProxyError::NoPushRegistry(_) => ErrorCode::Denied,
+            ProxyError::NotFound { what, .. } => match *what {
+                "manifest" => ErrorCode::ManifestUnknown,
+                "blob" => ErrorCode::BlobUnknown,
+                _ => ErrorCode::NameUnknown,
+            },
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => ErrorCode::Unsupported,
+            ProxyError::ManifestTooLarge(_) => ErrorCode::ManifestInvalid,
+            ProxyError::MethodNotAllowed { .. } => ErrorCode::Unsupported,
+            ProxyError::ManifestDigestMismatch { .. } => ErrorCode::DigestInvalid,
+            ProxyError::Unauthorized => ErrorCode::Unauthorized,
+            // No distribution code means "upstream is down"; UNSUPPORTED would mislead and an
+            // unknown code prints as "unknown:", so DENIED with the registry named reads best.
+            ProxyError::Upstream(_) => ErrorCode::Denied,
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        error_response(self.status(), self.code(), &self.to_string())
+    }
+}
+
+/// A distribution-spec error response. Used for every error portcullis itself answers.
+pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response<ProxyBody> {
+    let body = ErrorInfoBuilder::default()
+        .code(code)
+        .message(message.to_owned())
+        .build()
+        .and_then(|info| ErrorResponseBuilder::default().errors(vec![info]).build())
+        .ok()
+        .and_then(|r| serde_json::to_vec(&r).ok())
+        .unwrap_or_else(|| br#"{"errors":[{"code":"UNKNOWN"}]}"#.to_vec());
+    let mut resp = Response::new(full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(crate::proxy::CLIENT_CHALLENGE),
+        );
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(resp: Response<ProxyBody>) -> serde_json::Value {
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn errors_map_to_status_and_oci_code() {
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (
+                ProxyError::Name(NameError::InvalidName("UPPER".into())),
+                400,
+                "NAME_INVALID",
+            ),
+            (
+                ProxyError::Name(NameError::InvalidDigest("sha256:zz".into())),
+                400,
+                "DIGEST_INVALID",
+            ),
+            (
+                ProxyError::RegistryNotAllowed("evil.example.net".into()),
+                403,
+                "DENIED",
+            ),
+            (ProxyError::NoPushRegistry("app".into()), 403, "DENIED"),
+            (
+                ProxyError::NotFound {
+                    name: "fedora".into(),
+                    what: "manifest",
+                    tried: "a, b".into(),
+                },
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (ProxyError::ManifestTooLarge(4), 413, "MANIFEST_INVALID"),
+            (ProxyError::Unauthorized, 401, "UNAUTHORIZED"),
+        ];
+        for (err, status, code) in cases {
+            let message = err.to_string();
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status, "{message}");
+            let json = body_json(resp).await;
+            assert_eq!(json["errors"][0]["code"], code, "{message}");
+            assert_eq!(json["errors"][0]["message"], message.as_str());
+        }
+    }
+
+    #[tokio::test]
+    async fn unauthorized_carries_a_challenge_so_docker_sends_credentials() {
+        let resp = ProxyError::Unauthorized.into_response();
+        assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

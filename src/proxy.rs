@@ -1,0 +1,556 @@
+//! The request pipeline of the registry endpoint: route, resolve, forward, respond.
+//!
+//! Reads top to bottom: [`Proxy::handle`] parses the route, [`Proxy::repository`] resolves the
+//! name to a [`Plan`], [`Proxy::forward`] sends it upstream through [`crate::upstream`], and
+//! [`respond`] turns the upstream answer into the client's response (header rewriting,
+//! streaming, digest verification). Errors become responses only in [`crate::error`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::{Body as _, Incoming};
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use crate::body::{boxed, empty, full, IdleTimeout, ProxyBody, Verified};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::reference::{Name, Reference};
+use crate::resolve::{Plan, Resolver, Target};
+use crate::route::{self, Route};
+use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError, Upstreams};
+
+/// The challenge portcullis answers so that docker offers its credentials.
+pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
+/// Names the fully qualified image every repository response was served from.
+pub const RESOLVED_HEADER: HeaderName = HeaderName::from_static("portcullis-resolved-name");
+/// The distribution spec suggests registries accept manifests of at least 4 MiB.
+pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) and those portcullis sets itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+    )
+}
+
+pub struct Proxy {
+    resolver: Resolver,
+    upstreams: Upstreams,
+}
+
+impl Proxy {
+    pub fn new(config: &Config) -> Result<Proxy, UpstreamError> {
+        Ok(Proxy {
+            resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
+            upstreams: Upstreams::new(config)?,
+        })
+    }
+
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>> {
+        Box::pin(async move { self.handle_inner(req, peer).await })
+    }
+
+    async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let resp = match self.dispatch(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status().is_server_error() {
+                    warn!(%peer, %method, %path, error = %e, "request failed");
+                }
+                e.into_response()
+            }
+        };
+        let resolved = resp
+            .headers()
+            .get(&RESOLVED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        info!(
+            %peer,
+            %method,
+            %path,
+            resolved,
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        resp
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = route::parse(req.uri().path())?;
+        match route {
+            Route::Base => Ok(self.base(&req)),
+            Route::Catalog => self.catalog(&req).await,
+            Route::V1Ping | Route::V1Search => {
+                Err(route::RouteError::NotFound(req.uri().path().to_owned()).into())
+            }
+            _ => self.repository(route, req).await,
+        }
+    }
+
+    /// `GET /v2/`: challenge for credentials when an upstream wants the client's own.
+    fn base(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let wants_credentials = self
+            .resolver_registries()
+            .any(|u| u.wants_client_credentials());
+        if wants_credentials && !req.headers().contains_key(header::AUTHORIZATION) {
+            return ProxyError::Unauthorized.into_response();
+        }
+        let mut resp = Response::new(full(Bytes::from_static(b"{}")));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        resp
+    }
+
+    fn resolver_registries(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.all()
+    }
+
+    async fn repository(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let raw_name = route.name().unwrap_or_default().to_owned();
+        let name = Name::parse(&raw_name)?;
+        check_method(&route, req.method())?;
+        let reading = matches!(*req.method(), Method::GET | Method::HEAD)
+            && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
+        let plan = if !reading {
+            Plan::One(self.resolver.for_push(&name)?)
+        } else if content_addressed(&route) {
+            self.resolver.for_blob(&name)?
+        } else {
+            self.resolver.for_pull(&name)?
+        };
+        match plan {
+            Plan::One(target) => {
+                let resp = self.forward(&route, &raw_name, &target, req).await?;
+                if reading && resp.status().is_success() {
+                    self.resolver.remember(&name, &target.registry);
+                }
+                Ok(resp)
+            }
+            Plan::Search(targets) => self.search(&route, &raw_name, &name, &targets, req).await,
+        }
+    }
+
+    /// A short-name pull: the first registry that has it wins. Not-found (404, and the
+    /// 401/403 registries answer for names that do not exist or are not visible) moves on;
+    /// an outage stops, so it never silently swaps in another registry's image.
+    async fn search(
+        &self,
+        route: &Route,
+        raw_name: &str,
+        name: &Name,
+        targets: &[Target],
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, _) = req.into_parts();
+        let mut tried = Vec::new();
+        for target in targets {
+            let req = Request::from_parts(parts.clone(), ());
+            let resp = self
+                .forward(route, raw_name, target, req.map(|()| None))
+                .await?;
+            match resp.status() {
+                StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    tried.push(target.to_string());
+                }
+                s if s.is_server_error() => {
+                    return Err(UpstreamError::Status {
+                        registry: target.registry.clone(),
+                        status: s,
+                    }
+                    .into())
+                }
+                _ => {
+                    info!(name = %raw_name, resolved = %target, "short name resolved");
+                    self.resolver.remember(name, &target.registry);
+                    return Ok(resp);
+                }
+            }
+        }
+        Err(ProxyError::NotFound {
+            name: raw_name.to_owned(),
+            what: what(route),
+            tried: tried.join(", "),
+        })
+    }
+
+    /// Send one request to one registry and turn its answer into the client's response.
+    async fn forward<B>(
+        &self,
+        route: &Route,
+        raw_name: &str,
+        target: &Target,
+        req: Request<B>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: IntoProxyBody,
+    {
+        let upstream = self
+            .upstreams
+            .get(&target.registry)
+            .ok_or_else(|| ProxyError::RegistryNotAllowed(target.registry.clone()))?;
+        let (parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        let repo = target.repository.as_str();
+        let mut scopes = vec![scope(repo, &method)];
+        let query = match route {
+            Route::UploadStart { .. } => self.mount_query(parts.uri.query(), target, &mut scopes),
+            _ => parts.uri.query().map(str::to_owned),
+        };
+        let path = upstream_path(route, repo);
+        let path_and_query = match query {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path,
+        };
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        for (k, v) in &parts.headers {
+            if !is_hop_by_hop(k) && k != header::AUTHORIZATION {
+                headers.append(k.clone(), v.clone());
+            }
+        }
+        let body = body.into_proxy_body();
+        let replayable = body.is_end_stream();
+        let manifest_put = matches!(route, Route::Manifest { .. }) && method == Method::PUT;
+        let body = if replayable {
+            empty()
+        } else if manifest_put {
+            // Manifests are small and later checked by policy: read them whole, bounded.
+            let bytes = collect_limited(body, MAX_MANIFEST).await?;
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            full(bytes)
+        } else {
+            body
+        };
+        let out = Outgoing {
+            method: method.clone(),
+            path_and_query,
+            headers,
+            body,
+            replayable,
+            scopes,
+            identity: upstream.identity_for(parts.headers.get(header::AUTHORIZATION)),
+        };
+        let resp = upstream.send(out).await?;
+        respond(route, raw_name, target, upstream, &method, resp).await
+    }
+
+    /// Cross-repository mounts name the source in the client's terms; the upstream needs
+    /// its own. A source on another registry cannot be mounted: drop the mount and let the
+    /// registry answer 202 so the client uploads instead (the spec's fallback).
+    fn mount_query(
+        &self,
+        query: Option<&str>,
+        target: &Target,
+        scopes: &mut Vec<String>,
+    ) -> Option<String> {
+        let query = query?;
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let source = pairs
+            .iter()
+            .find(|(k, _)| k == "from")
+            .and_then(|(_, v)| Name::parse(v).ok())
+            .and_then(|n| self.resolver.for_push(&n).ok())
+            .filter(|src| src.registry == target.registry);
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &pairs {
+            match (k.as_str(), &source) {
+                ("from", Some(src)) => {
+                    scopes.push(format!("repository:{}:pull", src.repository));
+                    out.append_pair("from", src.repository.as_str());
+                }
+                ("from" | "mount", None) => {}
+                _ => {
+                    out.append_pair(k, v);
+                }
+            }
+        }
+        Some(out.finish())
+    }
+
+    /// `/v2/_catalog` across the search registries, names fully qualified, paginated over
+    /// the concatenation in search order (`last` is a fully qualified name).
+    async fn catalog(&self, req: &Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        crate::catalog::serve(&self.resolver, &self.upstreams, req).await
+    }
+}
+
+/// Turn an upstream response into the client's response.
+async fn respond(
+    route: &Route,
+    raw_name: &str,
+    target: &Target,
+    upstream: &Upstream,
+    method: &Method,
+    resp: Response<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    let repo = target.repository.as_str();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
+    for (k, v) in &parts.headers {
+        if is_hop_by_hop(k) || k == header::WWW_AUTHENTICATE {
+            continue;
+        }
+        if k == header::LOCATION || k == header::LINK {
+            headers.append(k.clone(), rewrite_location(v, repo, raw_name));
+        } else {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    if parts.status == StatusCode::UNAUTHORIZED {
+        // The client must authenticate to portcullis, never to the upstream's token service.
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(CLIENT_CHALLENGE),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
+        headers.insert(RESOLVED_HEADER, v);
+    }
+    parts.headers = headers;
+    let registry = upstream.host();
+    let timeout = upstream.config.body_timeout;
+    let ok = parts.status == StatusCode::OK;
+    let body = match route {
+        Route::Manifest { reference, .. } if ok && method == Method::GET => {
+            let bytes = read_limited(body, MAX_MANIFEST, registry).await?;
+            if let Reference::Digest(d) = reference {
+                verify_manifest(registry, d.as_str(), &bytes)?;
+            }
+            full(bytes)
+        }
+        Route::Blob { digest, .. } if ok && method == Method::GET => boxed(Verified::new(
+            IdleTimeout::new(body, timeout),
+            digest.as_str(),
+        )),
+        _ => boxed(IdleTimeout::new(body, timeout)),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+fn verify_manifest(registry: &str, expected: &str, bytes: &Bytes) -> Result<(), ProxyError> {
+    let actual = match expected.split_once(':').map(|(a, _)| a) {
+        Some("sha256") => format!("sha256:{}", hex::encode(Sha256::digest(bytes))),
+        Some("sha512") => format!("sha512:{}", hex::encode(sha2::Sha512::digest(bytes))),
+        _ => return Ok(()),
+    };
+    if actual != expected {
+        return Err(ProxyError::ManifestDigestMismatch {
+            registry: registry.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Upload sessions and pagination links point at the upstream's repository path; rewrite
+/// them to the client's name so the client keeps talking to portcullis. The origin is
+/// dropped: a relative reference resolves against portcullis.
+fn rewrite_location(value: &HeaderValue, upstream_repo: &str, client_name: &str) -> HeaderValue {
+    let Ok(s) = value.to_str() else {
+        return value.clone();
+    };
+    let from = format!("/v2/{upstream_repo}/");
+    let Some(at) = s.find(&from) else {
+        return value.clone();
+    };
+    // Keep a Link header's `<` and everything after the path; drop any scheme://host.
+    let prefix = if s.starts_with('<') { "<" } else { "" };
+    let rewritten = format!("{prefix}/v2/{client_name}/{}", &s[at + from.len()..]);
+    HeaderValue::from_str(&rewritten).unwrap_or_else(|_| value.clone())
+}
+
+fn upstream_path(route: &Route, repo: &str) -> String {
+    match route {
+        Route::Manifest { reference, .. } => format!("/v2/{repo}/manifests/{reference}"),
+        Route::Blob { digest, .. } => format!("/v2/{repo}/blobs/{digest}"),
+        Route::UploadStart { .. } => format!("/v2/{repo}/blobs/uploads/"),
+        Route::Upload { session, .. } => format!("/v2/{repo}/blobs/uploads/{session}"),
+        Route::Tags { .. } => format!("/v2/{repo}/tags/list"),
+        Route::Referrers { digest, .. } => format!("/v2/{repo}/referrers/{digest}"),
+        Route::Base | Route::Catalog | Route::V1Ping | Route::V1Search => "/v2/".to_owned(),
+    }
+}
+
+/// The token scope a request needs (distribution's `repository:<name>:<actions>`).
+fn scope(repo: &str, method: &Method) -> String {
+    let actions = match *method {
+        Method::GET | Method::HEAD => "pull",
+        Method::DELETE => "delete",
+        _ => "pull,push",
+    };
+    format!("repository:{repo}:{actions}")
+}
+
+/// Blobs and manifests by digest of a short name come from the registry that served the
+/// pull's tag, without searching again.
+fn content_addressed(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::Blob { .. } | Route::Manifest { reference: Reference::Digest(_), .. }
+    )
+}
+
+fn what(route: &Route) -> &'static str {
+    match route {
+        Route::Manifest { .. } => "manifest",
+        Route::Blob { .. } => "blob",
+        _ => "repository",
+    }
+}
+
+fn check_method(route: &Route, method: &Method) -> Result<(), ProxyError> {
+    let ok = match route {
+        Route::Manifest { .. } => matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
+        ),
+        Route::Blob { .. } => matches!(*method, Method::GET | Method::HEAD | Method::DELETE),
+        Route::UploadStart { .. } => *method == Method::POST,
+        Route::Upload { .. } => matches!(
+            *method,
+            Method::GET | Method::PATCH | Method::PUT | Method::DELETE
+        ),
+        Route::Tags { .. } | Route::Referrers { .. } => {
+            matches!(*method, Method::GET | Method::HEAD)
+        }
+        _ => matches!(*method, Method::GET | Method::HEAD),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ProxyError::MethodNotAllowed {
+            method: method.to_string(),
+            route: route.kind(),
+        })
+    }
+}
+
+/// Read a client body whole, refusing more than `limit` bytes.
+async fn collect_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes, ProxyError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ProxyError::ManifestTooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// The client's body, or none when a request is replayed against the next search registry.
+pub trait IntoProxyBody {
+    fn into_proxy_body(self) -> ProxyBody;
+}
+
+impl IntoProxyBody for Incoming {
+    fn into_proxy_body(self) -> ProxyBody {
+        boxed(self)
+    }
+}
+
+impl IntoProxyBody for Option<Incoming> {
+    fn into_proxy_body(self) -> ProxyBody {
+        self.map(boxed).unwrap_or_else(empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_locations_are_rewritten_to_the_client_name() {
+        let v = HeaderValue::from_static(
+            "https://127.0.0.1:5001/v2/team/app/blobs/uploads/abc?_state=xyz",
+        );
+        let out = rewrite_location(&v, "team/app", "corp.example.com/team/app");
+        assert_eq!(
+            out,
+            "/v2/corp.example.com/team/app/blobs/uploads/abc?_state=xyz"
+        );
+        let rel = HeaderValue::from_static("/v2/library/fedora/blobs/uploads/u");
+        assert_eq!(
+            rewrite_location(&rel, "library/fedora", "fedora"),
+            "/v2/fedora/blobs/uploads/u"
+        );
+    }
+
+    #[test]
+    fn tag_pagination_links_are_rewritten() {
+        let v =
+            HeaderValue::from_static(r#"</v2/library/fedora/tags/list?last=b&n=2>; rel="next""#);
+        assert_eq!(
+            rewrite_location(&v, "library/fedora", "fedora"),
+            r#"</v2/fedora/tags/list?last=b&n=2>; rel="next""#
+        );
+    }
+
+    #[test]
+    fn foreign_locations_are_left_alone() {
+        let v = HeaderValue::from_static("https://cdn.example/blob");
+        assert_eq!(rewrite_location(&v, "team/app", "x/team/app"), v);
+    }
+
+    #[test]
+    fn scopes_follow_the_method() {
+        assert_eq!(scope("a/b", &Method::HEAD), "repository:a/b:pull");
+        assert_eq!(scope("a/b", &Method::PATCH), "repository:a/b:pull,push");
+        assert_eq!(scope("a/b", &Method::DELETE), "repository:a/b:delete");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded_but_accept_is() {
+        assert!(is_hop_by_hop(&header::CONNECTION));
+        assert!(is_hop_by_hop(&header::HOST));
+        assert!(!is_hop_by_hop(&header::ACCEPT));
+    }
+
+    #[test]
+    fn manifest_digests_are_checked() {
+        let body = Bytes::from_static(b"{}");
+        let good = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        assert!(verify_manifest("r", &good, &body).is_ok());
+        let bad = format!("sha256:{}", "0".repeat(64));
+        assert!(matches!(
+            verify_manifest("r", &bad, &body),
+            Err(ProxyError::ManifestDigestMismatch { .. })
+        ));
+    }
+}
