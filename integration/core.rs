@@ -1,12 +1,11 @@
 //! Core scenarios: real clients push and pull through portcullis to real registries.
 //!
-//! These need the proxy (`portcullis serve`); they are ignored until it can serve.
-//! Run them with `integration/run.sh -- --ignored` or `--include-ignored`.
+//! Each test starts its own registries and its own `portcullis serve`.
 
 use std::time::Duration;
 
 use crate::harness::http::raw_oci_codes;
-use crate::harness::image::assert_same_image;
+use crate::harness::image::{assert_same_image, MANIFEST_MEDIA_TYPE};
 use crate::harness::process::describe;
 use crate::harness::tempdir::TestDir;
 use crate::harness::*;
@@ -15,7 +14,7 @@ use crate::harness::*;
 fn proxy_for_corp(corp: &Registry) -> Portcullis {
     Portcullis::start(
         &ProxyConfig::new()
-            .search(&["docker.io"])
+            .search(&["corp.example.com"])
             .push("corp.example.com")
             .registry(Upstream::new("corp.example.com", corp))
             .toml(),
@@ -36,7 +35,6 @@ fn copy_into_dir(skopeo: &Skopeo, from: &str, cert_dir: &str) -> TestDir {
 }
 
 #[test]
-#[ignore = "needs portcullis proxy"]
 fn skopeo_pushes_through_portcullis_and_reads_back_identical_bytes_by_tag_and_digest() {
     let corp = Registry::start(Auth::None);
     let proxy = proxy_for_corp(&corp);
@@ -64,12 +62,27 @@ fn skopeo_pushes_through_portcullis_and_reads_back_identical_bytes_by_tag_and_di
             blob.digest
         );
     }
+    let manifest = https(&proxy.ca_file())
+        .header("Accept", MANIFEST_MEDIA_TYPE)
+        .get(&format!(
+            "{}/v2/corp.example.com/team/app/manifests/1",
+            proxy.url()
+        ))
+        .expect("GET the manifest through portcullis");
+    assert_eq!(manifest.status, 200, "{}", manifest.text());
+    assert_eq!(
+        manifest.header("Portcullis-Resolved-Name"),
+        Some("corp.example.com/team/app")
+    );
+    assert_eq!(
+        manifest.header("Docker-Content-Digest"),
+        Some(image.manifest_digest.as_str())
+    );
     assert_same_image(&image, copy_into_dir(&skopeo, &by_tag, &cert_dir).path());
     assert_same_image(&image, copy_into_dir(&skopeo, &by_digest, &cert_dir).path());
 }
 
 #[test]
-#[ignore = "needs portcullis proxy"]
 fn dockerd_pushes_to_corp_and_pulls_a_short_name_found_on_the_second_search_registry() {
     let corp = Registry::start(Auth::None);
     let example = Registry::start(Auth::None);
@@ -119,10 +132,23 @@ fn dockerd_pushes_to_corp_and_pulls_a_short_name_found_on_the_second_search_regi
         "portcullis did not log the fully qualified name:\n{}",
         proxy.log()
     );
+    let asked_first = example.requests();
+    assert!(
+        asked_first
+            .iter()
+            .any(|r| r.contains("/v2/fedora/manifests/latest")),
+        "registry.example.com was not searched first: {asked_first:?}"
+    );
+    let served = hub.requests();
+    assert!(
+        served
+            .iter()
+            .any(|r| r.starts_with("GET /v2/library/fedora/blobs/")),
+        "the docker.io stand-in served no fedora blob: {served:?}"
+    );
 }
 
 #[test]
-#[ignore = "needs portcullis proxy"]
 fn a_one_gib_layer_goes_through_portcullis_in_less_than_100_mib_of_memory() {
     let corp = Registry::start(Auth::None);
     let proxy = proxy_for_corp(&corp);
@@ -187,7 +213,6 @@ fn get(path: &str) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs portcullis proxy"]
 fn portcullis_refuses_bad_names_paths_hosts_digests_and_headers_and_keeps_serving() {
     let corp = Registry::start(Auth::None);
     let proxy = proxy_for_corp(&corp);
@@ -241,7 +266,6 @@ fn portcullis_refuses_bad_names_paths_hosts_digests_and_headers_and_keeps_servin
 }
 
 #[test]
-#[ignore = "needs portcullis proxy"]
 fn a_blob_cut_short_by_the_upstream_reaches_the_client_as_an_error() {
     let upstream = TruncatingUpstream::start(1024 * 1024);
     let proxy = Portcullis::start(
@@ -291,7 +315,6 @@ fn pull_through_and_compare(proxy: &Portcullis, image: &OciImage) {
 }
 
 #[test]
-#[ignore = "needs portcullis proxy"]
 fn portcullis_logs_in_to_an_htpasswd_upstream_with_a_password_from_the_environment() {
     let corp = Registry::start(Auth::Htpasswd {
         user: "alice",
@@ -319,7 +342,6 @@ fn portcullis_logs_in_to_an_htpasswd_upstream_with_a_password_from_the_environme
 }
 
 #[test]
-#[ignore = "needs portcullis proxy"]
 fn portcullis_fetches_tokens_for_a_token_auth_upstream() {
     let tokens = TokenServer::start(&[("bob", "builder")]);
     let corp = Registry::start(Auth::Token(&tokens));

@@ -356,3 +356,41 @@ fn proxy_config_renders_the_toml_portcullis_reads() {
     assert_eq!(upstream["token_hosts"][0].as_str(), Some("127.0.0.1:5009"));
     assert_eq!(upstream["response_timeout_secs"].as_integer(), Some(30));
 }
+
+#[test]
+fn two_dockerds_run_side_by_side_without_sharing_anything() {
+    let (first, second) = std::thread::scope(|s| {
+        let a = s.spawn(Dockerd::start);
+        let b = s.spawn(Dockerd::start);
+        (
+            a.join().expect("first dockerd"),
+            b.join().expect("second dockerd"),
+        )
+    });
+
+    first.import_image("selftest/only-in-first:1", &[("a.txt", b"first\n")]);
+    second.import_image("selftest/only-in-second:1", &[("b.txt", b"second\n")]);
+
+    let listed = |d: &Dockerd| {
+        String::from_utf8_lossy(
+            &d.docker_ok(&["images", "--format", "{{.Repository}}"])
+                .stdout,
+        )
+        .into_owned()
+    };
+    assert_eq!(listed(&first).trim(), "selftest/only-in-first");
+    assert_eq!(listed(&second).trim(), "selftest/only-in-second");
+    for dockerd in [&first, &second] {
+        assert!(
+            dockerd.private_run().join("docker").is_dir(),
+            "dockerd's /run/docker was not private"
+        );
+    }
+    let (a, b) = (first.process_tree(), second.process_tree());
+    assert!(
+        a.iter().all(|p| !b.contains(p)),
+        "the daemons share a process: {a:?} {b:?}"
+    );
+    stop_and_expect_gone(first, a);
+    stop_and_expect_gone(second, b);
+}

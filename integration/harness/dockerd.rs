@@ -147,6 +147,11 @@ impl Dockerd {
         self.process.process_tree()
     }
 
+    /// What dockerd and containerd wrote to `/run`, kept in the test's directory.
+    pub fn private_run(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
     /// The private `/etc/docker` (put `certs.d/<host>/ca.crt` here).
     pub fn etc_docker(&self) -> PathBuf {
         self.dir.path().join("etc/docker")
