@@ -2,7 +2,7 @@
 //! pushes from skopeo and dockerd, the token server is really consulted, the faulty
 //! upstream really cuts blobs short, and every process is gone afterwards.
 
-use crate::harness::image::sha256_digest;
+use crate::harness::image::{self, sha256_digest};
 use crate::harness::process::describe;
 use crate::harness::tempdir::TestDir;
 use crate::harness::*;
@@ -393,4 +393,42 @@ fn two_dockerds_run_side_by_side_without_sharing_anything() {
     );
     stop_and_expect_gone(first, a);
     stop_and_expect_gone(second, b);
+}
+
+#[test]
+fn skopeo_login_writes_only_its_private_auth_file() {
+    let registry = Registry::start(Auth::Htpasswd {
+        user: "carol",
+        password: "secret",
+    });
+    let image = OciImage::random(&[1024]);
+    registry.seed(&image, "selftest/login:1");
+    let skopeo = Skopeo::new();
+    let cert_dir = registry.cert_dir().display().to_string();
+    let reference = format!("docker://{}/selftest/login:1", registry.host());
+
+    skopeo.ok(&[
+        "login",
+        "--cert-dir",
+        &cert_dir,
+        "-u",
+        "carol",
+        "-p",
+        "secret",
+        &registry.host(),
+    ]);
+
+    let auth = std::fs::read_to_string(skopeo.authfile()).expect("read the auth file");
+    assert!(
+        auth.contains(&registry.host()),
+        "login did not reach the private auth file: {auth}"
+    );
+    let manifest = skopeo.inspect_raw(&reference, &["--cert-dir", &cert_dir]);
+    assert_eq!(image::sha256_digest(&manifest), image.manifest_digest);
+    let stranger = Skopeo::new().run(&["inspect", "--raw", "--cert-dir", &cert_dir, &reference]);
+    assert!(
+        !stranger.status.success(),
+        "another skopeo shared the login:\n{}",
+        describe(&stranger)
+    );
 }
