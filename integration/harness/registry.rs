@@ -156,6 +156,22 @@ impl Registry {
             .is_file()
     }
 
+    /// Every blob in storage, as `sha256:<hex>`.
+    pub fn blob_digests(&self) -> Vec<String> {
+        let root = self.storage_dir().join("docker/registry/v2/blobs/sha256");
+        let entries = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+                .unwrap_or_default()
+        };
+        entries(&root)
+            .iter()
+            .flat_map(|prefix| entries(prefix))
+            .filter(|blob| blob.join("data").is_file())
+            .filter_map(|blob| Some(format!("sha256:{}", blob.file_name()?.to_str()?)))
+            .collect()
+    }
+
     /// The registry's log so far.
     pub fn log(&self) -> String {
         self.process.log()
