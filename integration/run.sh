@@ -52,5 +52,27 @@ cargo clippy --all-targets -- -D warnings
 cargo build --tests --bins
 
 # --- 3. tests, loopback only ----------------------------------------------------------
-exec unshare --net --mount --propagation private -- \
-    bash -c 'set -e; ip link set lo up; exec cargo test --offline "$@"' run.sh "$@"
+# Only this run's processes live in the new network namespace. Tests stop what they start
+# when they drop it; if the test binary itself died, whatever is left in the namespace
+# is stopped here, by PID.
+inner='
+ip link set lo up
+cargo test --offline "$@"
+rc=$?
+ns=$(readlink /proc/$$/ns/net)
+leftovers() {
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        if [ "$pid" = "$$" ] || [ "$pid" = "$BASHPID" ]; then continue; fi
+        [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$ns" ] && echo "$pid"
+    done
+}
+left=$(leftovers)
+if [ -n "$left" ]; then
+    echo "run.sh: stopping processes the tests left behind: $left" >&2
+    kill -TERM $left 2>/dev/null; sleep 5
+    left=$(leftovers); [ -n "$left" ] && kill -KILL $left 2>/dev/null
+fi
+exit $rc
+'
+exec unshare --net --mount --propagation private -- bash -c "$inner" run.sh "$@"
