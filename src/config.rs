@@ -66,6 +66,8 @@ struct RawConfig {
     #[serde(default)]
     aliases: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
     registry: Vec<RawRegistry>,
 }
 
@@ -73,6 +75,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawListen {
     registry: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -89,6 +93,12 @@ struct RawResolve {
     search: Option<Spanned<Vec<Spanned<String>>>>,
     push: Option<Spanned<String>>,
     cache_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    manifest_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,8 +133,13 @@ struct RawCredentials {
 pub struct Config {
     pub state_dir: PathBuf,
     pub listen_registry: SocketAddr,
+    /// Metrics and health; `None` when set to "off".
+    pub listen_admin: Option<SocketAddr>,
+    /// Bearer token protecting `/metrics` on the admin listener.
+    pub admin_token: Option<String>,
     pub tls: TlsConfig,
     pub resolve: ResolveConfig,
+    pub cache: CacheConfig,
     /// Keyed by the normalised registry host clients use (e.g. `docker.io`).
     pub registries: HashMap<String, RegistryConfig>,
 }
@@ -134,6 +149,12 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Memory for digest-addressed manifests; 0 disables the cache.
+    pub manifest_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +307,40 @@ impl Checker<'_> {
             }),
         };
 
+        let listen_admin = match raw.listen.admin {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            Some(s) if s.get_ref() == "off" => None,
+            Some(s) => s.get_ref().parse().map(Some).unwrap_or_else(|_| {
+                self.problem(
+                    Some(s.span()),
+                    "listen.admin",
+                    format!("{:?} is not an address:port or \"off\"", s.get_ref()),
+                );
+                None
+            }),
+        };
+        let admin_token = raw.listen.admin_token_file.map(path).and_then(|file| {
+            match std::fs::read_to_string(&file) {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                Ok(_) => {
+                    self.problem(
+                        None,
+                        "listen.admin_token_file",
+                        format!("{} is empty", file.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        None,
+                        "listen.admin_token_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        });
+
         let tls = TlsConfig {
             cert_file: raw.tls.cert_file.map(path),
             key_file: raw.tls.key_file.map(path),
@@ -392,12 +447,17 @@ impl Checker<'_> {
         Config {
             state_dir,
             listen_registry,
+            listen_admin,
+            admin_token,
             tls,
             resolve: ResolveConfig {
                 search,
                 push,
                 aliases,
                 cache_ttl: Duration::from_secs(raw.resolve.cache_ttl_secs.unwrap_or(600)),
+            },
+            cache: CacheConfig {
+                manifest_bytes: raw.cache.manifest_bytes.unwrap_or(64 * 1024 * 1024),
             },
             registries,
         }
@@ -636,8 +696,15 @@ credentials = { username = "alice", password_env = "PATH" }
     #[test]
     fn the_readme_example_is_a_valid_configuration() {
         let readme = include_str!("../README.md");
-        let section = readme.split("## Configuration").nth(1).expect("configuration section");
-        let example = section.split("```toml").nth(1).and_then(|s| s.split("```").next()).expect("toml block");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .expect("configuration section");
+        let example = section
+            .split("```toml")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("toml block");
         std::env::set_var("EXAMPLE_REGISTRY_PASSWORD", "example");
         let c = parse(example).unwrap_or_else(|e| panic!("README example: {e:#?}"));
         assert_eq!(c.resolve.search, vec!["registry.example.com", "docker.io"]);

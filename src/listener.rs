@@ -15,6 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
 /// Limits that keep one client from holding unbounded memory.
@@ -45,6 +46,7 @@ pub async fn serve_registry(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -85,15 +87,21 @@ pub async fn serve_registry(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.tls_handshake_timeout;
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let open = metrics.connections.with_label_values(&["registry"]);
+            open.inc();
+            let _open = scopeguard(move || open.dec());
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
+                    metrics.tls_handshake_failures.inc();
                     debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    metrics.tls_handshake_failures.inc();
                     debug!(%peer, "TLS handshake timed out");
                     return;
                 }
@@ -119,4 +127,17 @@ pub async fn serve_registry(
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// Runs `f` when dropped, however the connection task ends.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

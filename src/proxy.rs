@@ -16,8 +16,10 @@ use sha2::{Digest as _, Sha256};
 use tracing::{info, warn};
 
 use crate::body::{boxed, empty, full, IdleTimeout, ProxyBody, Verified};
+use crate::cache::{CachedManifest, ManifestCache, ManifestKey};
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::metrics::{status_class, Counted, Metrics};
 use crate::reference::{Name, Reference};
 use crate::resolve::{Plan, Resolver, Target};
 use crate::route::{self, Route};
@@ -51,13 +53,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub struct Proxy {
     resolver: Resolver,
     upstreams: Upstreams,
+    manifests: ManifestCache,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> Result<Proxy, UpstreamError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, UpstreamError> {
         Ok(Proxy {
             resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
-            upstreams: Upstreams::new(config)?,
+            upstreams: Upstreams::new(config, metrics.clone())?,
+            metrics,
+            manifests: ManifestCache::new(config.cache.manifest_bytes),
         })
     }
 
@@ -71,15 +77,28 @@ impl Proxy {
 
     async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
+        let in_flight = self.metrics.in_flight.with_label_values(&["registry"]);
+        in_flight.inc();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let resp = match self.dispatch(req).await {
-            Ok(resp) => resp,
+        let route = route::parse(&path);
+        let operation = operation(route.as_ref().ok(), &method);
+        let resp = match route {
+            Ok(route) => self.dispatch(route, req).await,
+            Err(e) => Err(e.into()),
+        };
+        let (resp, decision) = match resp {
+            Ok(resp) => (resp, "allow"),
             Err(e) => {
                 if e.status().is_server_error() {
                     warn!(%peer, %method, %path, error = %e, "request failed");
                 }
-                e.into_response()
+                let decision = if e.status() == StatusCode::FORBIDDEN {
+                    "deny"
+                } else {
+                    "error"
+                };
+                (e.into_response(), decision)
             }
         };
         let resolved = resp
@@ -87,20 +106,33 @@ impl Proxy {
             .get(&RESOLVED_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        info!(
-            %peer,
-            %method,
-            %path,
-            resolved,
-            status = resp.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
-        resp
+        let registry = self
+            .metrics
+            .registry_label(resolved.split_once('/').map(|(r, _)| r));
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[operation, registry, decision, status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+        info!(%peer, %method, %path, operation, resolved, decision, status, ms = elapsed.as_millis() as u64, "request");
+        in_flight.dec();
+        let counter = self
+            .metrics
+            .bytes
+            .with_label_values(&["download", registry]);
+        resp.map(|body| boxed(Counted::new(body, counter)))
     }
 
-    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
-        let route = route::parse(req.uri().path())?;
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         match route {
             Route::Base => Ok(self.base(&req)),
             Route::Catalog => self.catalog(&req).await,
@@ -152,6 +184,9 @@ impl Proxy {
         };
         match plan {
             Plan::One(target) => {
+                if let Some(resp) = self.cached_manifest(&route, &target, req.method()).await {
+                    return Ok(resp);
+                }
                 let resp = self.forward(&route, &raw_name, &target, req).await?;
                 if reading && resp.status().is_success() {
                     self.resolver.remember(&name, &target.registry);
@@ -193,6 +228,10 @@ impl Proxy {
                 }
                 _ => {
                     info!(name = %raw_name, resolved = %target, "short name resolved");
+                    self.metrics
+                        .resolutions
+                        .with_label_values(&[&target.registry])
+                        .inc();
                     self.resolver.remember(name, &target.registry);
                     return Ok(resp);
                 }
@@ -241,6 +280,11 @@ impl Proxy {
         }
         let body = body.into_proxy_body();
         let replayable = body.is_end_stream();
+        let uploaded = self
+            .metrics
+            .bytes
+            .with_label_values(&["upload", &target.registry]);
+        let body = boxed(Counted::new(body, uploaded));
         let manifest_put = matches!(route, Route::Manifest { .. }) && method == Method::PUT;
         let body = if replayable {
             empty()
@@ -261,8 +305,76 @@ impl Proxy {
             scopes,
             identity: upstream.identity_for(parts.headers.get(header::AUTHORIZATION)),
         };
+        let cache_key = match route {
+            Route::Manifest {
+                reference: Reference::Digest(d),
+                ..
+            } if method == Method::GET
+                && upstream.identity_is_shared(parts.headers.get(header::AUTHORIZATION)) =>
+            {
+                Some(ManifestKey {
+                    registry: target.registry.clone(),
+                    repository: target.repository.to_string(),
+                    digest: d.to_string(),
+                })
+            }
+            _ => None,
+        };
         let resp = upstream.send(out).await?;
-        respond(route, raw_name, target, upstream, &method, resp).await
+        let (resp, manifest) = respond(route, raw_name, target, upstream, &method, resp).await?;
+        if let (Some(key), Some(manifest)) = (cache_key, manifest) {
+            self.manifests.insert(key, manifest).await;
+        }
+        Ok(resp)
+    }
+
+    /// A digest-addressed manifest already verified and cached for this repository.
+    async fn cached_manifest(
+        &self,
+        route: &Route,
+        target: &Target,
+        method: &Method,
+    ) -> Option<Response<ProxyBody>> {
+        let Route::Manifest {
+            reference: Reference::Digest(d),
+            ..
+        } = route
+        else {
+            return None;
+        };
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return None;
+        }
+        let key = ManifestKey {
+            registry: target.registry.clone(),
+            repository: target.repository.to_string(),
+            digest: d.to_string(),
+        };
+        let hit = self.manifests.get(&key).await;
+        let result = if hit.is_some() { "hit" } else { "miss" };
+        self.metrics
+            .cache
+            .with_label_values(&["manifest", result])
+            .inc();
+        let hit = hit?;
+        let mut resp = Response::new(if *method == Method::HEAD {
+            empty()
+        } else {
+            full(hit.body.clone())
+        });
+        let headers = resp.headers_mut();
+        if let Some(ct) = &hit.content_type {
+            headers.insert(header::CONTENT_TYPE, ct.clone());
+        }
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(hit.body.len()));
+        if let Ok(v) = HeaderValue::from_str(d.as_str()) {
+            headers.insert("docker-content-digest", v);
+        }
+        headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        if let Ok(v) = HeaderValue::from_str(&target.to_string()) {
+            headers.insert(RESOLVED_HEADER, v);
+        }
+        Some(resp)
     }
 
     /// Cross-repository mounts name the source in the client's terms; the upstream needs
@@ -307,7 +419,8 @@ impl Proxy {
     }
 }
 
-/// Turn an upstream response into the client's response.
+/// Turn an upstream response into the client's response; a verified manifest is also
+/// returned for the cache.
 async fn respond(
     route: &Route,
     raw_name: &str,
@@ -315,7 +428,7 @@ async fn respond(
     upstream: &Upstream,
     method: &Method,
     resp: Response<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<(Response<ProxyBody>, Option<CachedManifest>), ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let repo = target.repository.as_str();
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
@@ -343,11 +456,16 @@ async fn respond(
     let registry = upstream.host();
     let timeout = upstream.config.body_timeout;
     let ok = parts.status == StatusCode::OK;
+    let mut cacheable = None;
     let body = match route {
         Route::Manifest { reference, .. } if ok && method == Method::GET => {
             let bytes = read_limited(body, MAX_MANIFEST, registry).await?;
             if let Reference::Digest(d) = reference {
                 verify_manifest(registry, d.as_str(), &bytes)?;
+                cacheable = Some(CachedManifest {
+                    body: bytes.clone(),
+                    content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+                });
             }
             full(bytes)
         }
@@ -357,7 +475,7 @@ async fn respond(
         )),
         _ => boxed(IdleTimeout::new(body, timeout)),
     };
-    Ok(Response::from_parts(parts, body))
+    Ok((Response::from_parts(parts, body), cacheable))
 }
 
 fn verify_manifest(registry: &str, expected: &str, bytes: &Bytes) -> Result<(), ProxyError> {
@@ -420,8 +538,27 @@ fn scope(repo: &str, method: &Method) -> String {
 fn content_addressed(route: &Route) -> bool {
     matches!(
         route,
-        Route::Blob { .. } | Route::Manifest { reference: Reference::Digest(_), .. }
+        Route::Blob { .. }
+            | Route::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
     )
+}
+
+/// The operation a request performs, for logs, metrics and (later) policy.
+fn operation(route: Option<&Route>, method: &Method) -> &'static str {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match route {
+        None => "invalid",
+        Some(Route::Base) => "ping",
+        Some(Route::Catalog | Route::Tags { .. }) => "list",
+        Some(Route::V1Ping | Route::V1Search) => "search",
+        Some(_) if *method == Method::DELETE => "delete",
+        Some(Route::Upload { .. } | Route::UploadStart { .. }) => "push",
+        Some(_) if read => "pull",
+        Some(_) => "push",
+    }
 }
 
 fn what(route: &Route) -> &'static str {
@@ -433,23 +570,7 @@ fn what(route: &Route) -> &'static str {
 }
 
 fn check_method(route: &Route, method: &Method) -> Result<(), ProxyError> {
-    let ok = match route {
-        Route::Manifest { .. } => matches!(
-            *method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
-        ),
-        Route::Blob { .. } => matches!(*method, Method::GET | Method::HEAD | Method::DELETE),
-        Route::UploadStart { .. } => *method == Method::POST,
-        Route::Upload { .. } => matches!(
-            *method,
-            Method::GET | Method::PATCH | Method::PUT | Method::DELETE
-        ),
-        Route::Tags { .. } | Route::Referrers { .. } => {
-            matches!(*method, Method::GET | Method::HEAD)
-        }
-        _ => matches!(*method, Method::GET | Method::HEAD),
-    };
-    if ok {
+    if route.allows(method) {
         Ok(())
     } else {
         Err(ProxyError::MethodNotAllowed {

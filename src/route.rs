@@ -94,7 +94,7 @@ impl Route {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
     /// Not a distribution API path at all.
-    #[error("not a distribution API path: {0}")]
+    #[error("not a distribution API path {0}")]
     NotFound(String),
     #[error("invalid request path {0}")]
     InvalidPath(String),

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::body::{empty, ProxyBody};
 use crate::config::{Config, RegistryConfig};
+use crate::metrics::Metrics;
 use auth::{host_allowed, Challenge, Identity, Token};
 
 const MAX_REDIRECTS: usize = 5;
@@ -79,10 +80,11 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Upstreams, UpstreamError> {
         let mut by_host = HashMap::new();
         for (host, registry) in &config.registries {
-            by_host.insert(host.clone(), Arc::new(Upstream::new(registry.clone())?));
+            let upstream = Upstream::new(registry.clone(), metrics.clone())?;
+            by_host.insert(host.clone(), Arc::new(upstream));
         }
         Ok(Upstreams { by_host })
     }
@@ -113,12 +115,13 @@ pub struct Outgoing {
 pub struct Upstream {
     pub config: RegistryConfig,
     client: HttpClient,
+    metrics: Arc<Metrics>,
     challenge: moka::future::Cache<(), Challenge>,
     tokens: moka::future::Cache<(String, String), Token>,
 }
 
 impl Upstream {
-    fn new(config: RegistryConfig) -> Result<Upstream, UpstreamError> {
+    fn new(config: RegistryConfig, metrics: Arc<Metrics>) -> Result<Upstream, UpstreamError> {
         let tls = crate::tls::client_config(config.ca_file.as_deref(), config.insecure_skip_verify)
             .map_err(|e| UpstreamError::Tls {
                 registry: config.host.clone(),
@@ -141,6 +144,7 @@ impl Upstream {
         Ok(Upstream {
             config,
             client,
+            metrics,
             challenge: moka::future::Cache::builder()
                 .max_capacity(1)
                 .time_to_live(CHALLENGE_TTL)
@@ -171,6 +175,15 @@ impl Upstream {
             }
         }
         Identity::Anonymous
+    }
+
+    /// Would a request for this client be made as an identity every client shares? Only
+    /// then may its answer be cached for other clients.
+    pub fn identity_is_shared(&self, client_authorization: Option<&HeaderValue>) -> bool {
+        !matches!(
+            self.identity_for(client_authorization),
+            Identity::Client { .. }
+        )
     }
 
     /// Does this registry want credentials that a client could supply (and has not)?
@@ -268,21 +281,41 @@ impl Upstream {
             req.headers_mut().insert(header::AUTHORIZATION, a);
         }
         let after = self.config.response_timeout;
-        match tokio::time::timeout(after, self.client.request(req)).await {
+        let started = std::time::Instant::now();
+        let host = self.config.host.as_str();
+        let result = match tokio::time::timeout(after, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout {
-                registry: self.config.host.clone(),
+                registry: host.to_owned(),
                 after,
             }),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
-                registry: self.config.host.clone(),
+                registry: host.to_owned(),
                 message: error_chain(&e),
             }),
             Ok(Err(e)) => Err(UpstreamError::Protocol {
-                registry: self.config.host.clone(),
+                registry: host.to_owned(),
                 message: error_chain(&e),
             }),
             Ok(Ok(resp)) => Ok(resp),
+        };
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[host])
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match &result {
+            Err(UpstreamError::Timeout { .. }) => Some("timeout"),
+            Err(UpstreamError::Connect { .. }) => Some("connect"),
+            Err(_) => Some("protocol"),
+            Ok(r) if r.status().is_server_error() => Some("status"),
+            Ok(_) => None,
+        };
+        if let Some(kind) = failure {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[host, kind])
+                .inc();
         }
+        result
     }
 
     /// What `/v2/` of this registry asks for, cached for a while.

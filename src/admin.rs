@@ -1,0 +1,102 @@
+//! The admin listener (plain HTTP, separate from client traffic): `/metrics`, `/healthz`,
+//! `/readyz`. Optionally protected by a bearer token.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus::{Encoder, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::body::{full, ProxyBody};
+
+pub struct Admin {
+    pub registry: prometheus::Registry,
+    /// Set once every listener is bound and the configuration is loaded.
+    pub ready: AtomicBool,
+    /// `Authorization: Bearer <token>` required when set.
+    pub token: Option<String>,
+}
+
+impl Admin {
+    fn respond(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        if let Some(token) = &self.token {
+            let expected = format!("Bearer {token}");
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes);
+            // Health probes stay open: kubelet cannot send a token.
+            if given != Some(expected.as_bytes()) && req.uri().path() == "/metrics" {
+                return text(StatusCode::UNAUTHORIZED, "bearer token required\n");
+            }
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                let mut buf = Vec::new();
+                let encoder = TextEncoder::new();
+                if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("encoding metrics: {e}\n"),
+                    );
+                }
+                let mut resp = Response::new(full(Bytes::from(buf)));
+                if let Ok(ct) = HeaderValue::from_str(encoder.format_type()) {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                resp
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::from(body.to_owned())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(&req)) }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await
+            {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}

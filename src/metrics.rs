@@ -1,0 +1,256 @@
+//! Prometheus metrics, registered on a registry that is passed in (never the global one).
+//!
+//! Every label comes from a bounded set: operations and decisions are enums, registries are
+//! the configured hosts (anything else is `other`), statuses are classes. A repository name
+//! is never a label, so the number of series does not grow with what clients pull.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use prometheus::{
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+use crate::body::BoxError;
+
+const NS: &str = "portcullis";
+
+pub struct Metrics {
+    registries: HashSet<String>,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub cache: IntCounterVec,
+    pub in_flight: IntGaugeVec,
+    pub connections: IntGaugeVec,
+    pub resolutions: IntCounterVec,
+    pub build_info: IntGauge,
+    pub tls_handshake_failures: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(
+        registry: &Registry,
+        configured: impl IntoIterator<Item = String>,
+    ) -> Result<Metrics, prometheus::Error> {
+        let latency = exponential_buckets(0.001, 2.5, 14)?;
+        let m = Metrics {
+            registries: configured.into_iter().collect(),
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "requests_total",
+                    "Requests answered, by operation, registry, decision and status class",
+                )
+                .namespace(NS),
+                &["operation", "registry", "decision", "status"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "request_duration_seconds",
+                    "Time to response headers, by operation",
+                )
+                .namespace(NS)
+                .buckets(latency.clone()),
+                &["operation"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "upstream_request_duration_seconds",
+                    "Upstream time to response headers, by registry",
+                )
+                .namespace(NS)
+                .buckets(latency),
+                &["registry"],
+            )?,
+            upstream_errors: IntCounterVec::new(
+                Opts::new(
+                    "upstream_errors_total",
+                    "Upstream failures by registry and kind (connect, timeout, protocol, status)",
+                )
+                .namespace(NS),
+                &["registry", "kind"],
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "bytes_total",
+                    "Body bytes proxied, by direction (download = to clients) and registry",
+                )
+                .namespace(NS),
+                &["direction", "registry"],
+            )?,
+            cache: IntCounterVec::new(
+                Opts::new(
+                    "cache_requests_total",
+                    "Cache lookups by cache and result (hit, miss)",
+                )
+                .namespace(NS),
+                &["cache", "result"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new("in_flight_requests", "Requests being handled, by listener")
+                    .namespace(NS),
+                &["listener"],
+            )?,
+            connections: IntGaugeVec::new(
+                Opts::new("open_connections", "Open client connections, by listener").namespace(NS),
+                &["listener"],
+            )?,
+            resolutions: IntCounterVec::new(
+                Opts::new(
+                    "short_name_resolutions_total",
+                    "Short names resolved, by the registry that served them",
+                )
+                .namespace(NS),
+                &["registry"],
+            )?,
+            build_info: IntGauge::with_opts(
+                Opts::new("build_info", "Always 1; the version is a label")
+                    .namespace(NS)
+                    .const_label("version", env!("CARGO_PKG_VERSION")),
+            )?,
+            tls_handshake_failures: IntCounter::with_opts(
+                Opts::new(
+                    "tls_handshake_failures_total",
+                    "Client TLS handshakes that failed or timed out",
+                )
+                .namespace(NS),
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.upstream_errors.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.cache.clone()))?;
+        registry.register(Box::new(m.in_flight.clone()))?;
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.resolutions.clone()))?;
+        registry.register(Box::new(m.build_info.clone()))?;
+        registry.register(Box::new(m.tls_handshake_failures.clone()))?;
+        m.build_info.set(1);
+        Ok(m)
+    }
+
+    /// A registry label value: a configured host, or `other`/`none`. Never free text.
+    pub fn registry_label<'a>(&self, host: Option<&'a str>) -> &'a str {
+        match host {
+            Some(h) if self.registries.contains(h) => h,
+            Some(_) => "other",
+            None => "none",
+        }
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the bytes of a body as they stream through.
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        counter: IntCounter,
+    }
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, counter: IntCounter) -> Self {
+        Counted { inner, counter }
+    }
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.counter.inc_by(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn registry_labels_are_bounded() {
+        let m = Metrics::new(&Registry::new(), ["docker.io".to_owned()]).expect("metrics");
+        assert_eq!(m.registry_label(Some("docker.io")), "docker.io");
+        assert_eq!(m.registry_label(Some("evil.example.net")), "other");
+        assert_eq!(m.registry_label(None), "none");
+    }
+
+    #[test]
+    fn every_family_is_prefixed_and_registered_on_the_given_registry() {
+        let registry = Registry::new();
+        let m = Metrics::new(&registry, []).expect("metrics");
+        m.requests
+            .with_label_values(&["pull", "none", "allow", "2xx"])
+            .inc();
+        let families = registry.gather();
+        assert!(families.len() >= 3);
+        assert!(families
+            .iter()
+            .all(|f| f.name().starts_with("portcullis_")));
+        assert!(prometheus::default_registry()
+            .gather()
+            .iter()
+            .all(|f| !f.name().starts_with("portcullis_")));
+    }
+
+    #[tokio::test]
+    async fn counted_bodies_count_bytes() {
+        let counter = IntCounter::new("c", "c").expect("counter");
+        let body = Counted::new(
+            crate::body::full(Bytes::from_static(b"hello")),
+            counter.clone(),
+        );
+        let out = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        assert_eq!(&out[..], b"hello");
+        assert_eq!(counter.get(), 5);
+    }
+}
