@@ -263,6 +263,13 @@ fn portcullis_refuses_bad_names_paths_hosts_digests_and_headers_and_keeps_servin
         "{:?}",
         corp.requests()
     );
+
+    let processes = proxy.process_tree();
+    drop(proxy);
+    assert!(
+        processes.iter().all(|p| !p.is_alive()),
+        "portcullis outlived its test"
+    );
 }
 
 #[test]

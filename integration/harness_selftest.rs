@@ -317,9 +317,11 @@ fn proxy_config_renders_the_toml_portcullis_reads() {
         &toml,
         state.path(),
         "127.0.0.1:5443".parse().unwrap(),
+        "127.0.0.1:5444".parse().unwrap(),
     );
 
     let config: toml::Table = full.parse().expect("valid TOML");
+    assert_eq!(config["listen"]["admin"].as_str(), Some("127.0.0.1:5444"));
     assert_eq!(
         config["state_dir"].as_str(),
         Some(state.path().to_str().unwrap())

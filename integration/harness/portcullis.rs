@@ -19,6 +19,7 @@ use super::tempdir::TestDir;
 pub struct Portcullis {
     process: Supervised,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     dir: TestDir,
 }
 
@@ -36,7 +37,9 @@ impl Portcullis {
         for attempt in 0..PORT_ATTEMPTS {
             let port = free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let config = complete(config_toml, &state_dir, addr);
+            let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let config = complete(config_toml, &state_dir, addr, admin);
+            let admin = admin_addr(&config);
             let config_file = dir.write("portcullis.toml", config);
             let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
             command
@@ -67,7 +70,14 @@ impl Portcullis {
                 .map(|_| true)
             });
             match ready {
-                Some(true) => return Portcullis { process, addr, dir },
+                Some(true) => {
+                    return Portcullis {
+                        process,
+                        addr,
+                        admin,
+                        dir,
+                    }
+                }
                 Some(false) if port_was_taken(&process.log()) => last_log = process.log(),
                 _ => panic!(
                     "portcullis did not serve TLS on {addr} (exit status {:?}):\n{}",
@@ -82,6 +92,11 @@ impl Portcullis {
     /// `127.0.0.1:<port>`, the registry endpoint clients talk to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The plain-HTTP admin listener (`/metrics`, `/healthz`), unless configured off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// `https://127.0.0.1:<port>`
@@ -130,8 +145,14 @@ impl Portcullis {
     }
 }
 
-/// Adds `state_dir`, `[listen] registry` and `[tls] names` unless present.
-pub fn complete(config_toml: &str, state_dir: &std::path::Path, addr: SocketAddr) -> String {
+/// Adds `state_dir`, `[listen] registry`, `[listen] admin` (a free port, never the
+/// fixed default, so parallel instances do not collide) and `[tls] names` unless present.
+pub fn complete(
+    config_toml: &str,
+    state_dir: &std::path::Path,
+    addr: SocketAddr,
+    admin: SocketAddr,
+) -> String {
     let mut table: toml::Table = config_toml
         .parse()
         .unwrap_or_else(|e| panic!("test config is not TOML: {e}\n{config_toml}"));
@@ -144,6 +165,9 @@ pub fn complete(config_toml: &str, state_dir: &std::path::Path, addr: SocketAddr
         .as_table_mut()
         .expect("[listen] is a table");
     listen
+        .entry("admin")
+        .or_insert_with(|| admin.to_string().into());
+    listen
         .entry("registry")
         .or_insert_with(|| addr.to_string().into());
     let tls = table
@@ -154,4 +178,10 @@ pub fn complete(config_toml: &str, state_dir: &std::path::Path, addr: SocketAddr
     tls.entry("names")
         .or_insert_with(|| toml::Value::Array(vec!["127.0.0.1".into(), "localhost".into()]));
     table.to_string()
+}
+
+/// The admin address a completed configuration names (`None` when "off").
+fn admin_addr(config: &str) -> Option<SocketAddr> {
+    let table: toml::Table = config.parse().ok()?;
+    table.get("listen")?.get("admin")?.as_str()?.parse().ok()
 }
