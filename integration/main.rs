@@ -1,1 +1,11 @@
-fn main() {}
+//! The integration test binary: one binary, one module per topic.
+//!
+//! Everything a test needs (registries, a token server, dockerd, skopeo, portcullis
+//! itself) lives in [`harness`]; the topic modules read like sentences on top of it.
+//! Run it through `integration/run.sh`, which puts the whole run in a private network
+//! namespace so nothing can leave loopback.
+
+mod harness;
+
+mod core;
+mod harness_selftest;
