@@ -318,10 +318,12 @@ fn proxy_config_renders_the_toml_portcullis_reads() {
         state.path(),
         "127.0.0.1:5443".parse().unwrap(),
         "127.0.0.1:5444".parse().unwrap(),
+        "127.0.0.1:5445".parse().unwrap(),
     );
 
     let config: toml::Table = full.parse().expect("valid TOML");
     assert_eq!(config["listen"]["admin"].as_str(), Some("127.0.0.1:5444"));
+    assert_eq!(config["listen"]["proxy"].as_str(), Some("127.0.0.1:5445"));
     assert_eq!(
         config["state_dir"].as_str(),
         Some(state.path().to_str().unwrap())

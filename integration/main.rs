@@ -8,4 +8,5 @@
 mod harness;
 
 mod core;
+mod forward;
 mod harness_selftest;

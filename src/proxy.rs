@@ -150,7 +150,7 @@ impl Proxy {
             .request_duration
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
-        info!(%peer, %method, %path, operation, resolved, decision, status, ms = elapsed.as_millis() as u64, "request");
+        info!(%peer, %method, %path, %operation, %resolved, %decision, status, ms = elapsed.as_millis() as u64, "request");
         in_flight.dec();
         let counter = self
             .metrics

@@ -31,6 +31,26 @@ impl Dockerd {
 
     /// Starts dockerd with extra daemon.json settings (e.g. `registry-mirrors`).
     pub fn start_with(extra: serde_json::Value) -> Dockerd {
+        Dockerd::start_with_env(extra, &[])
+    }
+
+    /// Starts dockerd with `HTTPS_PROXY` pointing at `proxy` and `SSL_CERT_FILE` at a bundle
+    /// holding `ca_file` only: dockerd trusts the system pool for docker.io, and this replaces
+    /// that pool for this process without touching the machine's trust store.
+    pub fn start_behind_proxy(proxy: std::net::SocketAddr, ca_file: &std::path::Path) -> Dockerd {
+        let proxy_url = format!("http://{proxy}");
+        let ca = ca_file.display().to_string();
+        Dockerd::start_with_env(
+            serde_json::json!({}),
+            &[
+                ("HTTPS_PROXY", proxy_url.as_str()),
+                ("SSL_CERT_FILE", ca.as_str()),
+            ],
+        )
+    }
+
+    /// Starts dockerd with extra daemon.json settings and environment variables.
+    pub fn start_with_env(extra: serde_json::Value, env: &[(&str, &str)]) -> Dockerd {
         let dir = TestDir::new("dockerd");
         let jail = Jail::new(dir.path()).private("/etc/docker");
         let mut config = serde_json::json!({
@@ -68,7 +88,8 @@ impl Dockerd {
             .env_remove("HTTPS_PROXY")
             .env_remove("HTTP_PROXY")
             .env_remove("https_proxy")
-            .env_remove("http_proxy");
+            .env_remove("http_proxy")
+            .envs(env.iter().copied());
         let log = dir.path().join("dockerd.log");
         let mut process = Supervised::spawn("dockerd", command, &log);
         let answered = wait_for(Duration::from_secs(60), || {

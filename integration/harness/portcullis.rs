@@ -20,6 +20,8 @@ pub struct Portcullis {
     process: Supervised,
     addr: SocketAddr,
     admin: Option<SocketAddr>,
+    proxy: Option<SocketAddr>,
+    mirror: Option<SocketAddr>,
     dir: TestDir,
 }
 
@@ -38,8 +40,11 @@ impl Portcullis {
             let port = free_port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let config = complete(config_toml, &state_dir, addr, admin);
-            let admin = admin_addr(&config);
+            let proxy: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let config = complete(config_toml, &state_dir, addr, admin, proxy);
+            let admin = listen_addr(&config, "admin");
+            let proxy = listen_addr(&config, "proxy");
+            let mirror = listen_addr(&config, "mirror");
             let config_file = dir.write("portcullis.toml", config);
             let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
             command
@@ -75,6 +80,8 @@ impl Portcullis {
                         process,
                         addr,
                         admin,
+                        proxy,
+                        mirror,
                         dir,
                     }
                 }
@@ -97,6 +104,16 @@ impl Portcullis {
     /// The plain-HTTP admin listener (`/metrics`, `/healthz`), unless configured off.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// The forward proxy (`HTTPS_PROXY=http://<this>`), unless configured off.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy
+    }
+
+    /// The docker.io mirror endpoint, when configured.
+    pub fn mirror_addr(&self) -> Option<SocketAddr> {
+        self.mirror
     }
 
     /// `https://127.0.0.1:<port>`
@@ -145,13 +162,15 @@ impl Portcullis {
     }
 }
 
-/// Adds `state_dir`, `[listen] registry`, `[listen] admin` (a free port, never the
-/// fixed default, so parallel instances do not collide) and `[tls] names` unless present.
+/// Adds `state_dir`, `[listen] registry`, `[listen] admin` and `[listen] proxy` (free
+/// ports, never the fixed defaults, so parallel instances do not collide) and `[tls] names`
+/// unless present.
 pub fn complete(
     config_toml: &str,
     state_dir: &std::path::Path,
     addr: SocketAddr,
     admin: SocketAddr,
+    proxy: SocketAddr,
 ) -> String {
     let mut table: toml::Table = config_toml
         .parse()
@@ -168,6 +187,9 @@ pub fn complete(
         .entry("admin")
         .or_insert_with(|| admin.to_string().into());
     listen
+        .entry("proxy")
+        .or_insert_with(|| proxy.to_string().into());
+    listen
         .entry("registry")
         .or_insert_with(|| addr.to_string().into());
     let tls = table
@@ -180,8 +202,8 @@ pub fn complete(
     table.to_string()
 }
 
-/// The admin address a completed configuration names (`None` when "off").
-fn admin_addr(config: &str) -> Option<SocketAddr> {
+/// A `[listen]` address a completed configuration names (`None` when "off" or absent).
+fn listen_addr(config: &str, key: &str) -> Option<SocketAddr> {
     let table: toml::Table = config.parse().ok()?;
-    table.get("listen")?.get("admin")?.as_str()?.parse().ok()
+    table.get("listen")?.get(key)?.as_str()?.parse().ok()
 }

@@ -17,6 +17,8 @@ pub struct Upstream {
     pub pass_client_credentials: bool,
     pub token_hosts: Vec<String>,
     pub response_timeout_secs: u64,
+    /// Any other `[[registry]]` key, e.g. `search = "catalog"`.
+    pub extra: toml::Table,
 }
 
 impl Upstream {
@@ -36,6 +38,7 @@ impl Upstream {
             pass_client_credentials: false,
             token_hosts: Vec::new(),
             response_timeout_secs: 30,
+            extra: toml::Table::new(),
         }
     }
 
@@ -57,6 +60,12 @@ impl Upstream {
         self
     }
 
+    /// Sets any other `[[registry]]` key.
+    pub fn with(mut self, key: &str, value: impl Into<toml::Value>) -> Upstream {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
     pub fn response_timeout_secs(mut self, secs: u64) -> Upstream {
         self.response_timeout_secs = secs;
         self
@@ -70,6 +79,7 @@ pub struct ProxyConfig {
     push: Option<String>,
     aliases: Vec<(String, String)>,
     registries: Vec<Upstream>,
+    sections: toml::Table,
 }
 
 impl ProxyConfig {
@@ -91,6 +101,18 @@ impl ProxyConfig {
 
     pub fn alias(mut self, short: &str, full: &str) -> ProxyConfig {
         self.aliases.push((short.to_string(), full.to_string()));
+        self
+    }
+
+    /// Sets `key = value` in table `[section]` (e.g. `forward`, `listen`).
+    pub fn set(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> ProxyConfig {
+        let table = self
+            .sections
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Table::new().into());
+        if let Some(t) = table.as_table_mut() {
+            t.insert(key.to_string(), value.into());
+        }
         self
     }
 
@@ -145,9 +167,21 @@ impl ProxyConfig {
                 "response_timeout_secs".into(),
                 (u.response_timeout_secs as i64).into(),
             );
+            t.extend(u.extra.clone());
             Value::Table(t)
         });
         root.insert("registry".into(), Value::Array(registries.collect()));
+        for (name, section) in &self.sections {
+            match (
+                root.get_mut(name).and_then(Value::as_table_mut),
+                section.as_table(),
+            ) {
+                (Some(existing), Some(extra)) => existing.extend(extra.clone()),
+                _ => {
+                    root.insert(name.clone(), section.clone());
+                }
+            }
+        }
         root.to_string()
     }
 }

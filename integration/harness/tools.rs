@@ -79,7 +79,13 @@ impl Skopeo {
 
     /// Runs `skopeo <args>` and returns its output, whatever the exit status.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    /// Runs `skopeo <args>` with extra environment variables (e.g. `HTTPS_PROXY`).
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut command = self.world.command("skopeo");
+        command.envs(env.iter().copied());
         command
             .arg("--registries.d")
             .arg("/etc/containers/registries.d");
