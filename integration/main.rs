@@ -10,3 +10,4 @@ mod harness;
 mod core;
 mod forward;
 mod harness_selftest;
+mod search;

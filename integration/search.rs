@@ -1,0 +1,165 @@
+//! `docker search` through portcullis: every search registry asked, names fully
+//! qualified, priority order, partial failure, and the catalog cache.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::process::describe;
+use crate::harness::*;
+
+/// Makes `repositories` appear in a registry's catalog without pushing each: distribution
+/// lists a repository when its storage has a `_layers` directory.
+fn fake_repositories(registry: &Registry, repositories: impl IntoIterator<Item = String>) {
+    let root = registry
+        .storage_dir()
+        .join("docker/registry/v2/repositories");
+    for repo in repositories {
+        std::fs::create_dir_all(root.join(&repo).join("_layers"))
+            .expect("create repository directory");
+    }
+}
+
+/// The NAME column of `docker search` output.
+fn names(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn docker_search_lists_every_search_registry_fully_qualified_in_priority_order() {
+    let example = Registry::start(Auth::None);
+    let corp = Registry::start(Auth::None);
+    let hub = Registry::start(Auth::None);
+    fake_repositories(
+        &example,
+        ["fedora".into(), "team/fedora-tools".into(), "alpine".into()],
+    );
+    fake_repositories(&corp, ["fedora".into()]);
+    fake_repositories(&hub, ["library/fedora".into(), "library/debian".into()]);
+    let proxy = Portcullis::start(
+        &ProxyConfig::new()
+            .search(&["registry.example.com", "corp.example.com", "docker.io"])
+            .set("resolve", "catalog_ttl_secs", 1)
+            .registry(Upstream::new("registry.example.com", &example))
+            .registry(Upstream::new("corp.example.com", &corp))
+            .registry(Upstream::new("docker.io", &hub).with("search", "catalog"))
+            .toml(),
+    );
+    let dockerd = Dockerd::start();
+    let term = format!("{}/fedora", proxy.addr());
+
+    let all = dockerd.docker(&["search", &term]);
+    assert!(all.status.success(), "docker search:\n{}", describe(&all));
+    assert_eq!(
+        names(&all),
+        [
+            "registry.example.com/fedora",
+            "registry.example.com/team/fedora-tools",
+            "corp.example.com/fedora",
+            "docker.io/library/fedora"
+        ],
+        "{}",
+        describe(&all)
+    );
+
+    let one = dockerd.docker(&["search", "--limit", "1", &term]);
+    assert_eq!(
+        names(&one),
+        ["registry.example.com/fedora"],
+        "{}",
+        describe(&one)
+    );
+    let starred = dockerd.docker(&["search", "--filter", "stars=1", &term]);
+    assert!(starred.status.success(), "{}", describe(&starred));
+    assert!(
+        names(&starred).is_empty(),
+        "nothing here has a star: {}",
+        describe(&starred)
+    );
+
+    // One registry goes away: the search still answers from the others, and says so.
+    drop(corp);
+    std::thread::sleep(Duration::from_millis(1100));
+    let partial = dockerd.docker(&["search", &term]);
+    assert!(partial.status.success(), "{}", describe(&partial));
+    assert_eq!(
+        names(&partial),
+        [
+            "registry.example.com/fedora",
+            "registry.example.com/team/fedora-tools",
+            "docker.io/library/fedora"
+        ],
+        "{}",
+        describe(&partial)
+    );
+    let direct = https(&proxy.ca_file())
+        .get(&format!("{}/v1/search?q=fedora", proxy.url()))
+        .expect("GET /v1/search");
+    assert_eq!(direct.status, 200);
+    assert!(
+        direct
+            .header("Warning")
+            .is_some_and(|w| w.contains("corp.example.com")),
+        "no Warning names the failed registry: {:?}",
+        direct.headers
+    );
+    assert!(
+        proxy.log().contains("search registry failed"),
+        "{}",
+        proxy.log()
+    );
+}
+
+#[test]
+fn a_5000_repository_catalog_is_searched_from_cache_after_the_first_call() {
+    let big = Registry::start(Auth::None);
+    fake_repositories(
+        &big,
+        (0..5000).map(|i| format!("team{}/app-{i:04}", i % 50)),
+    );
+    let proxy = Portcullis::start(
+        &ProxyConfig::new()
+            .search(&["registry.example.com"])
+            .registry(Upstream::new("registry.example.com", &big))
+            .toml(),
+    );
+    let client = https(&proxy.ca_file());
+    let url = format!("{}/v1/search?q=app-00&n=100", proxy.url());
+
+    let started = Instant::now();
+    let first = client.get(&url).expect("first search");
+    let cold = started.elapsed();
+    let catalog_calls = big
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/v2/_catalog"))
+        .count();
+    let started = Instant::now();
+    let second = client.get(&url).expect("second search");
+    let warm = started.elapsed();
+
+    println!("search over a 5,000-repository catalog: first {cold:?}, cached {warm:?}");
+    assert_eq!(first.status, 200, "{}", first.text());
+    let body: serde_json::Value = serde_json::from_slice(&first.body).expect("JSON");
+    assert_eq!(body["num_results"], 100, "app-0000..app-0099 match: {body}");
+    assert_eq!(first.body, second.body, "the cached answer differs");
+    assert!(
+        catalog_calls >= 5,
+        "5,000 names need 5 catalog pages, saw {catalog_calls}"
+    );
+    let after = big
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/v2/_catalog"))
+        .count();
+    assert_eq!(
+        after, catalog_calls,
+        "the second search walked the catalog again"
+    );
+    assert!(
+        warm < cold,
+        "cached {warm:?} is not faster than the first {cold:?}"
+    );
+}
