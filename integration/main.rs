@@ -7,6 +7,7 @@
 
 mod harness;
 
+mod api;
 mod core;
 mod forward;
 mod harness_selftest;

@@ -32,6 +32,8 @@ pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
 pub const RESOLVED_HEADER: HeaderName = HeaderName::from_static("portcullis-resolved-name");
 /// The distribution spec suggests registries accept manifests of at least 4 MiB.
 pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// Tag lists are buffered only to paginate them for registries that do not.
+const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) and those portcullis sets itself.
@@ -378,7 +380,9 @@ impl Proxy {
             _ => None,
         };
         let resp = upstream.send(out).await?;
-        let (resp, manifest) = respond(route, raw_name, target, upstream, &method, resp).await?;
+        let page = crate::tags::PageRequest::parse(parts.uri.query());
+        let (resp, manifest) =
+            respond(route, raw_name, target, upstream, &method, &page, resp).await?;
         if let (Some(key), Some(manifest)) = (cache_key, manifest) {
             self.manifests.insert(key, manifest).await;
         }
@@ -503,6 +507,7 @@ async fn respond(
     target: &Target,
     upstream: &Upstream,
     method: &Method,
+    page: &crate::tags::PageRequest,
     resp: Response<Incoming>,
 ) -> Result<(Response<ProxyBody>, Option<CachedManifest>), ProxyError> {
     let (mut parts, body) = resp.into_parts();
@@ -534,6 +539,20 @@ async fn respond(
     let ok = parts.status == StatusCode::OK;
     let mut cacheable = None;
     let body = match route {
+        Route::Tags { .. } if ok && method == Method::GET && page.is_paged() => {
+            let bytes = read_limited(body, MAX_TAG_LIST, registry).await?;
+            match crate::tags::paginate(&bytes, page, raw_name) {
+                Some((paged, link)) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    parts.headers.remove(header::LINK);
+                    if let Some(link) = link {
+                        parts.headers.insert(header::LINK, link);
+                    }
+                    full(paged)
+                }
+                None => full(bytes),
+            }
+        }
         Route::Manifest { reference, .. } if ok && method == Method::GET => {
             let bytes = read_limited(body, MAX_MANIFEST, registry).await?;
             if let Reference::Digest(d) = reference {

@@ -96,7 +96,7 @@ impl TruncatingUpstream {
     }
 }
 
-async fn read_head<S: AsyncReadExt + Unpin>(stream: &mut S) -> Option<String> {
+pub(super) async fn read_head<S: AsyncReadExt + Unpin>(stream: &mut S) -> Option<String> {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {

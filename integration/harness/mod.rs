@@ -17,6 +17,7 @@ pub mod net;
 pub mod portcullis;
 pub mod process;
 pub mod proxy_config;
+pub mod redirect;
 pub mod registry;
 pub mod rss;
 pub mod rt;
@@ -33,6 +34,7 @@ pub use image::OciImage;
 pub use portcullis::Portcullis;
 pub use process::ProcessId;
 pub use proxy_config::{ProxyConfig, Upstream};
+pub use redirect::RedirectingUpstream;
 pub use registry::{Auth, Registry};
 pub use token_server::TokenServer;
 #[allow(unused_imports)]
