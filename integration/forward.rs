@@ -211,3 +211,106 @@ fn dockerd_with_portcullis_as_its_registry_mirror_pulls_through_it() {
         proxy.log()
     );
 }
+
+#[test]
+fn docker_search_through_the_proxy_answers_fully_qualified_from_every_search_registry() {
+    let example = Registry::start(Auth::None);
+    let hub = Registry::start(Auth::None);
+    for (registry, repo) in [(&example, "fedora"), (&hub, "library/fedora")] {
+        let dir = registry
+            .storage_dir()
+            .join("docker/registry/v2/repositories")
+            .join(repo)
+            .join("_layers");
+        std::fs::create_dir_all(dir).expect("repository directory");
+    }
+    let proxy = Portcullis::start(
+        &ProxyConfig::new()
+            .search(&["registry.example.com", "docker.io"])
+            .registry(Upstream::new("registry.example.com", &example))
+            .registry(Upstream::new("docker.io", &hub).with("search", "catalog"))
+            .toml(),
+    );
+    let dockerd = Dockerd::start_behind_proxy(
+        proxy.proxy_addr().expect("proxy listener"),
+        &proxy.ca_file(),
+    );
+
+    let search = dockerd.docker(&["search", "fedora"]);
+
+    assert!(
+        search.status.success(),
+        "docker search fedora:\n{}",
+        describe(&search)
+    );
+    let names: Vec<String> = stdout(&search)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        names,
+        ["registry.example.com/fedora", "docker.io/library/fedora"],
+        "{}",
+        describe(&search)
+    );
+    assert!(
+        proxy.log().contains("host=\"index.docker.io\""),
+        "search did not go through the proxy:\n{}",
+        proxy.log()
+    );
+}
+
+#[test]
+fn the_proxy_can_require_credentials_of_its_clients() {
+    let example = Registry::start(Auth::None);
+    example.seed(&OciImage::random(&[8 * 1024]), "team/tool:1");
+    let proxy = Portcullis::start_with_env(
+        &ProxyConfig::new()
+            .search(&["registry.example.com"])
+            .set(
+                "forward",
+                "proxy_auth",
+                toml::Value::Table(toml::toml! { username = "docker"
+                password_env = "PROXY_PASSWORD" }),
+            )
+            .registry(Upstream::new("registry.example.com", &example))
+            .toml(),
+        &[("PROXY_PASSWORD", "let-me-in")],
+    );
+    let addr = proxy.proxy_addr().expect("proxy listener");
+    let ca = proxy.ca_file().display().to_string();
+    let skopeo = Skopeo::new();
+    let inspect = |proxy_url: &str| {
+        skopeo.run_with_env(
+            &[
+                "inspect",
+                "--raw",
+                "docker://registry.example.com/team/tool:1",
+            ],
+            &[("HTTPS_PROXY", proxy_url), ("SSL_CERT_FILE", ca.as_str())],
+        )
+    };
+
+    let anonymous = inspect(&format!("http://{addr}"));
+    assert!(
+        !anonymous.status.success(),
+        "the proxy served a client without credentials"
+    );
+    assert!(
+        describe(&anonymous).contains("Proxy Authentication Required"),
+        "{}",
+        describe(&anonymous)
+    );
+    let wrong = inspect(&format!("http://docker:wrong@{addr}"));
+    assert!(
+        !wrong.status.success(),
+        "the proxy accepted a wrong password"
+    );
+    let right = inspect(&format!("http://docker:let-me-in@{addr}"));
+    assert!(right.status.success(), "{}", describe(&right));
+    assert!(
+        !proxy.log().contains("let-me-in"),
+        "the proxy password reached the log"
+    );
+}

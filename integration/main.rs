@@ -8,6 +8,7 @@
 mod harness;
 
 mod api;
+mod cli;
 mod core;
 mod forward;
 mod harness_selftest;
