@@ -20,6 +20,7 @@ pub mod reference;
 pub mod resolve;
 pub mod route;
 pub mod search;
+pub mod stage;
 pub mod tags;
 pub mod tls;
 pub mod upstream;
