@@ -57,11 +57,31 @@ fn dockerd_behind_the_proxy_pulls_and_pushes_through_intercepted_registries_and_
         describe(&pull)
     );
 
+    // The default policy (Atomic's --confirm-def-push): a push to a public registry is
+    // refused until the same push is repeated.
     dockerd.docker_ok(&["tag", "alpine", "docker.io/someone/app:1"]);
+    let first = dockerd.docker(&["push", "docker.io/someone/app:1"]);
+    assert!(
+        !first.status.success(),
+        "an unconfirmed push to docker.io went through"
+    );
+    assert!(
+        describe(&first).contains("To confirm, run the same command again"),
+        "{}",
+        describe(&first)
+    );
+    assert!(
+        !hub.requests()
+            .iter()
+            .any(|r| r.contains("/v2/someone/app/") && !r.starts_with("HEAD ")),
+        "the unconfirmed push reached the registry: {:?}",
+        hub.requests()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
     let push = dockerd.docker(&["push", "docker.io/someone/app:1"]);
     assert!(
         push.status.success(),
-        "docker push docker.io/someone/app:1:\n{}",
+        "the confirmed push failed:\n{}",
         describe(&push)
     );
     assert!(

@@ -24,6 +24,8 @@ pub struct Admin {
     pub ready: AtomicBool,
     /// `Authorization: Bearer <token>` required when set.
     pub token: Option<String>,
+    /// The policy in force, for `/policy`.
+    pub gate: Option<Arc<crate::gate::Gate>>,
 }
 
 impl Admin {
@@ -35,7 +37,8 @@ impl Admin {
                 .get(header::AUTHORIZATION)
                 .map(HeaderValue::as_bytes);
             // Health probes stay open: kubelet cannot send a token.
-            if given != Some(expected.as_bytes()) && req.uri().path() == "/metrics" {
+            let protected = matches!(req.uri().path(), "/metrics" | "/policy");
+            if given != Some(expected.as_bytes()) && protected {
                 return text(StatusCode::UNAUTHORIZED, "bearer token required\n");
             }
         }
@@ -58,6 +61,18 @@ impl Admin {
                 }
                 resp
             }
+            "/policy" => match &self.gate {
+                Some(gate) => {
+                    let body = serde_json::to_vec_pretty(&gate.status()).unwrap_or_default();
+                    let mut resp = Response::new(full(Bytes::from(body)));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                None => text(StatusCode::NOT_FOUND, "no policy\n"),
+            },
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),

@@ -26,6 +26,7 @@ pub async fn serve(
     qualify: bool,
     upstreams: &Upstreams,
     req: &Request<Incoming>,
+    visible: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (n, last) = page_params(req.uri().query())?;
     let (start, mut upstream_last) = match &last {
@@ -44,7 +45,7 @@ pub async fn serve(
     let mut names: Vec<String> = Vec::new();
     let mut more = false;
     'registries: for (i, registry) in registries.iter().enumerate().skip(start) {
-        let Some(upstream) = upstreams.get(registry) else {
+        let Some(upstream) = upstreams.get(registry).filter(|_| visible(registry, "")) else {
             continue;
         };
         loop {
@@ -91,13 +92,18 @@ pub async fn serve(
                 })?;
             let got = page.repositories.len();
             upstream_last = page.repositories.last().cloned();
-            names.extend(page.repositories.into_iter().map(|r| {
-                if qualify {
-                    format!("{registry}/{r}")
-                } else {
-                    r
-                }
-            }));
+            names.extend(
+                page.repositories
+                    .into_iter()
+                    .filter(|r| visible(registry, r))
+                    .map(|r| {
+                        if qualify {
+                            format!("{registry}/{r}")
+                        } else {
+                            r
+                        }
+                    }),
+            );
             if !has_next || got == 0 {
                 upstream_last = None;
                 if names.len() >= n && i + 1 < registries.len() {

@@ -71,6 +71,8 @@ struct RawConfig {
     #[serde(default)]
     forward: RawForward,
     #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
     registry: Vec<RawRegistry>,
 }
 
@@ -111,6 +113,17 @@ struct RawResolve {
     cache_ttl_secs: Option<u64>,
     search_timeout_secs: Option<u64>,
     catalog_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    paths: Option<Vec<PathBuf>>,
+    audit_log: Option<PathBuf>,
+    confirm_window_secs: Option<u64>,
+    reload_interval_ms: Option<u64>,
+    staging_max_bytes: Option<u64>,
+    provenance_max_entries: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -162,6 +175,7 @@ pub struct Config {
     /// A registry endpoint whose names are docker.io's, for `registry-mirrors`; off by default.
     pub listen_mirror: Option<SocketAddr>,
     pub forward: ForwardConfig,
+    pub policy: PolicyConfig,
     pub tls: TlsConfig,
     pub resolve: ResolveConfig,
     pub cache: CacheConfig,
@@ -174,6 +188,20 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Policy files and directories (`*.toml`, registries.conf `*.conf`); empty: the
+    /// embedded `policies/default.toml`.
+    pub paths: Vec<PathBuf>,
+    pub audit_log: Option<PathBuf>,
+    pub confirm_window: Duration,
+    pub reload_interval: Duration,
+    /// Disk for pushes staged until their manifest is checked.
+    pub staging_max_bytes: u64,
+    /// Bound of the blob provenance store (entries).
+    pub provenance_max_entries: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -525,6 +553,28 @@ impl Checker<'_> {
             listen_proxy,
             listen_mirror,
             forward,
+            policy: PolicyConfig {
+                paths: raw
+                    .policy
+                    .paths
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(path)
+                    .collect(),
+                audit_log: raw.policy.audit_log.map(path),
+                confirm_window: Duration::from_secs(
+                    raw.policy.confirm_window_secs.unwrap_or(600).max(10),
+                ),
+                reload_interval: Duration::from_millis(
+                    raw.policy.reload_interval_ms.unwrap_or(1000).max(100),
+                ),
+                staging_max_bytes: raw.policy.staging_max_bytes.unwrap_or(10 << 30),
+                provenance_max_entries: raw
+                    .policy
+                    .provenance_max_entries
+                    .unwrap_or(1_000_000)
+                    .max(1000),
+            },
             tls,
             resolve: ResolveConfig {
                 search,

@@ -50,6 +50,15 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("every search registry failed: {0}")]
     SearchFailed(String),
+    /// Refused by policy; the message names the rule and says what to do.
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    DigestMismatch(String),
+    #[error("{0}")]
+    UploadUnknown(String),
+    #[error("staging the push: {0}")]
+    Staging(String),
 }
 
 impl ProxyError {
@@ -70,6 +79,10 @@ impl ProxyError {
             ProxyError::Upstream(e) => e.status(),
             ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::SearchFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::DigestMismatch(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UploadUnknown(_) => StatusCode::NOT_FOUND,
+            ProxyError::Staging(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,7 +94,9 @@ impl ProxyError {
             | ProxyError::Name(NameError::InvalidTag(_)) => ErrorCode::ManifestInvalid,
             ProxyError::Route(RouteError::NotFound(_)) => ErrorCode::NameUnknown,
             ProxyError::Route(_) | ProxyError::Name(_) => ErrorCode::NameInvalid,
-            ProxyError::RegistryNotAllowed(_) | ProxyError::NoPushRegistry(_) => ErrorCode::Denied,
+            ProxyError::RegistryNotAllowed(_)
+            | ProxyError::NoPushRegistry(_)
+            | ProxyError::Denied(_) => ErrorCode::Denied,
             ProxyError::NotFound { what, .. } => match *what {
                 "manifest" => ErrorCode::ManifestUnknown,
                 "blob" => ErrorCode::BlobUnknown,
@@ -95,6 +110,9 @@ impl ProxyError {
             // No distribution code means "upstream is down"; UNSUPPORTED would mislead and an
             // unknown code prints as "unknown:", so DENIED with the registry named reads best.
             ProxyError::Upstream(_) | ProxyError::SearchFailed(_) => ErrorCode::Denied,
+            ProxyError::DigestMismatch(_) => ErrorCode::DigestInvalid,
+            ProxyError::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
+            ProxyError::Staging(_) => ErrorCode::TooManyRequests,
         }
     }
 

@@ -328,7 +328,17 @@ mod tests {
             crate::metrics::Metrics::new(&registry, config.registries.keys().cloned())
                 .expect("metrics"),
         );
-        let proxy = Arc::new(crate::proxy::Proxy::new(&config, metrics.clone()).expect("proxy"));
+        let audit = crate::audit::Audit::open(None).expect("audit");
+        let gate = crate::gate::Gate::new(
+            Default::default(),
+            audit,
+            metrics.clone(),
+            Duration::from_secs(600),
+        );
+        let gate = Arc::new(gate.expect("embedded policy"));
+        let proxy =
+            crate::proxy::Proxy::new(&config, metrics.clone(), gate, None, None).expect("proxy");
+        let proxy = Arc::new(proxy);
         let http = Http::new(proxy, metrics, crate::listener::Limits::default());
         let (ca, _) = LocalCa::load_or_create(dir.path()).expect("ca");
         Forward::new(&config, http, Arc::new(ca))

@@ -7,15 +7,21 @@
 //! an OCI error body. There are no globals: [`run`] builds everything from a [`Config`].
 
 pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod forward;
+pub mod gate;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
+pub mod provenance;
 pub mod proxy;
+pub mod push;
 pub mod reference;
 pub mod resolve;
 pub mod route;
@@ -38,6 +44,14 @@ pub enum RunError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
+    #[error("policy:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Policy(Vec<policy::Problem>),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Provenance(#[from] provenance::ProvenanceError),
+    #[error(transparent)]
+    Stage(#[from] stage::StageError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -83,6 +97,21 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Run
         .map_err(|source| RunError::Bind { addr, source })
 }
 
+/// Drop staged uploads that no manifest claimed within an hour.
+async fn sweep(stage: Arc<stage::Stage>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+                let n = stage.sweep(std::time::Duration::from_secs(3600));
+                if n > 0 {
+                    info!(n, "swept stale staged uploads");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Run portcullis until `shutdown` completes, then drain in-flight requests.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let (ca, server_tls) = tls_setup(&config)?;
@@ -91,15 +120,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &registry,
         config.registries.keys().cloned(),
     )?);
-    let proxy = Arc::new(proxy::Proxy::new(&config, metrics.clone())?);
+    let audit = audit::Audit::open(config.policy.audit_log.as_deref())?;
+    let sources = gate::Sources {
+        paths: config.policy.paths.clone(),
+    };
+    let gate = Arc::new(
+        gate::Gate::new(
+            sources,
+            audit,
+            metrics.clone(),
+            config.policy.confirm_window,
+        )
+        .map_err(RunError::Policy)?,
+    );
+    let provenance = Arc::new(provenance::Provenance::open(
+        &config.state_dir,
+        config.policy.provenance_max_entries,
+    )?);
+    let stage = Arc::new(stage::Stage::open(
+        &config.state_dir.join("staging"),
+        config.policy.staging_max_bytes,
+    )?);
+    let proxy = Arc::new(proxy::Proxy::new(
+        &config,
+        metrics.clone(),
+        gate.clone(),
+        Some(provenance),
+        Some(stage.clone()),
+    )?);
     let http = listener::Http::new(proxy, metrics, listener::Limits::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(gate::watch(
+        gate.clone(),
+        config.policy.reload_interval,
+        stopped.clone(),
+    )));
+    tasks.push(tokio::spawn(sweep(stage, stopped.clone())));
 
     let admin = Arc::new(admin::Admin {
         registry,
         ready: std::sync::atomic::AtomicBool::new(false),
         token: config.admin_token.clone(),
+        gate: Some(gate.clone()),
     });
     if let Some(addr) = config.listen_admin {
         let listener = bind(addr).await?;

@@ -37,6 +37,38 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Check, explain and inspect policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Report every problem in policy files and registries.conf files (file:line).
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the decision for one operation on one image: the rule, the fully qualified
+    /// name, and why.
+    Explain {
+        #[arg(long, default_value = "pull")]
+        op: String,
+        /// Server configuration (its search registries and policy paths).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Policy files to use instead of the configuration's.
+        #[arg(long = "policy")]
+        policies: Vec<PathBuf>,
+        reference: String,
+    },
+    /// Print the running server's policy status (generation, sources, last reload).
+    Status {
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +150,7 @@ fn main() -> ExitCode {
             println!("{}: ok", file.display());
         }),
         Command::Certs { command } => certs(command),
+        Command::Policy { command } => policy(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,4 +188,71 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn policy(command: PolicyCommand) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Check { files } => {
+            let policy = portcullis::policy::load(&files).map_err(|problems| {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                anyhow::anyhow!("{} problem(s) found", problems.len())
+            })?;
+            for w in policy.warnings() {
+                eprintln!("warning: {w}");
+            }
+            let stats = policy.stats();
+            println!(
+                "ok: {} rule(s), {} private-push rule(s)",
+                stats.rules, stats.private_rules
+            );
+            Ok(())
+        }
+        PolicyCommand::Explain {
+            op,
+            config,
+            policies,
+            reference,
+        } => {
+            let config = load(config.as_ref())?;
+            let paths = if policies.is_empty() {
+                config.policy.paths.clone()
+            } else {
+                policies
+            };
+            let sources = portcullis::gate::Sources { paths };
+            let policy = sources.load().map_err(|problems| {
+                anyhow::anyhow!(
+                    "{}",
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+            let op: portcullis::policy::Operation =
+                op.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            print!(
+                "{}",
+                portcullis::explain::explain(&config, &policy, op, &reference)?
+            );
+            Ok(())
+        }
+        PolicyCommand::Status { admin } => {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(&admin)
+                .with_context(|| format!("connecting to {admin}"))?;
+            write!(stream, "GET /policy HTTP/1.0\r\nHost: {admin}\r\n\r\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            let body = answer
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b)
+                .unwrap_or(&answer);
+            println!("{body}");
+            Ok(())
+        }
+    }
 }

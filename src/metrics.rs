@@ -33,6 +33,10 @@ pub struct Metrics {
     pub build_info: IntGauge,
     pub tls_handshake_failures: IntCounter,
     pub proxy_connects: IntCounterVec,
+    pub policy_decisions: IntCounterVec,
+    pub policy_reloads: IntCounterVec,
+    pub policy_generation: IntGauge,
+    pub staged_bytes: IntGauge,
     pub search_failures: IntCounterVec,
     pub certificates_issued: IntCounter,
 }
@@ -132,6 +136,22 @@ impl Metrics {
                 .namespace(NS),
                 &["result"],
             )?,
+            policy_decisions: IntCounterVec::new(
+                Opts::new("policy_decisions_total", "Policy decisions by action and rule id (\"default\" when no rule matched)")
+                    .namespace(NS),
+                &["action", "rule"],
+            )?,
+            policy_reloads: IntCounterVec::new(
+                Opts::new("policy_reloads_total", "Policy loads by result (ok, error)").namespace(NS),
+                &["result"],
+            )?,
+            policy_generation: IntGauge::with_opts(
+                Opts::new("policy_generation", "Generation of the policy in force (1 at start, +1 per good reload)")
+                    .namespace(NS),
+            )?,
+            staged_bytes: IntGauge::with_opts(
+                Opts::new("staged_push_bytes", "Bytes of pushes staged on disk awaiting their manifest").namespace(NS),
+            )?,
             search_failures: IntCounterVec::new(
                 Opts::new("search_failures_total", "Search registries skipped in a docker search, by registry")
                     .namespace(NS),
@@ -143,6 +163,10 @@ impl Metrics {
             )?,
         };
         registry.register(Box::new(m.proxy_connects.clone()))?;
+        registry.register(Box::new(m.policy_decisions.clone()))?;
+        registry.register(Box::new(m.policy_reloads.clone()))?;
+        registry.register(Box::new(m.policy_generation.clone()))?;
+        registry.register(Box::new(m.staged_bytes.clone()))?;
         registry.register(Box::new(m.search_failures.clone()))?;
         registry.register(Box::new(m.certificates_issued.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;

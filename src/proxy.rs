@@ -19,11 +19,15 @@ use crate::body::{boxed, empty, full, IdleTimeout, ProxyBody, Verified};
 use crate::cache::{CachedManifest, ManifestCache, ManifestKey};
 use crate::config::Config;
 use crate::error::ProxyError;
+use crate::gate::{Check, Gate, Verdict};
 use crate::metrics::{status_class, Counted, Metrics};
+use crate::policy::{Operation, Subject};
+use crate::provenance::{Provenance, Seen};
 use crate::reference::{Name, Reference, Repository, DOCKER_HUB};
 use crate::resolve::{Plan, Resolver, Target};
 use crate::route::{self, Route};
 use crate::search::Search;
+use crate::stage::Stage;
 use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError, Upstreams};
 
 /// The challenge portcullis answers so that docker offers its credentials.
@@ -71,6 +75,29 @@ impl Inbound {
     }
 }
 
+/// What the gate needs to know about a request, whichever registry it goes to.
+pub(crate) struct Ask<'a> {
+    pub op: Operation,
+    pub route: &'a Route,
+    pub peer: SocketAddr,
+    pub user: Option<&'a str>,
+    pub listener: &'static str,
+}
+
+impl<'a> Ask<'a> {
+    pub fn check(&'a self, target: &'a Target) -> Check<'a> {
+        Check {
+            op: self.op,
+            target,
+            tag: route_tag(self.route),
+            digest: route_digest(self.route),
+            peer: self.peer,
+            user: self.user,
+            listener: self.listener,
+        }
+    }
+}
+
 pub struct Proxy {
     /// Treat docker.io single-component names (`library/<x>`) as short names that resolve
     /// across the search registries (Atomic's --add-registry for stock docker).
@@ -79,11 +106,20 @@ pub struct Proxy {
     upstreams: Upstreams,
     manifests: ManifestCache,
     search: Search,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) provenance: Option<Arc<Provenance>>,
+    pub(crate) stage: Option<Arc<Stage>>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, UpstreamError> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
+        provenance: Option<Arc<Provenance>>,
+        stage: Option<Arc<Stage>>,
+    ) -> Result<Proxy, UpstreamError> {
         Ok(Proxy {
             hub_search: config.forward.docker_hub_search,
             resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
@@ -91,6 +127,9 @@ impl Proxy {
             metrics,
             manifests: ManifestCache::new(config.cache.manifest_bytes),
             search: Search::new(config.resolve.catalog_ttl, config.resolve.search_timeout),
+            gate,
+            provenance,
+            stage,
         })
     }
 
@@ -117,7 +156,7 @@ impl Proxy {
         let route = route::parse(&path);
         let operation = operation(route.as_ref().ok(), &method);
         let resp = match route {
-            Ok(route) => self.dispatch(route, req, &inbound).await,
+            Ok(route) => self.dispatch(route, req, &inbound, peer).await,
             Err(e) => Err(e.into()),
         };
         let (resp, decision) = match resp {
@@ -166,18 +205,30 @@ impl Proxy {
         route: Route,
         req: Request<Incoming>,
         inbound: &Inbound,
+        peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match route {
             Route::Base => Ok(self.base(&req)),
             Route::Catalog => self.catalog(&req, inbound).await,
             Route::V1Ping => Ok(crate::search::ping()),
             Route::V1Search => {
-                let registries = self.resolver.search_registries();
+                let policy = self.gate.policy();
+                let registries = self.resolver.search_registries(&policy);
+                let visible = |op: Operation, registry: &str, repository: &str| {
+                    let subject = Subject {
+                        op,
+                        registry,
+                        repository,
+                        tag: None,
+                        digest: None,
+                    };
+                    policy.evaluate(&subject).action.permits()
+                };
                 self.search
-                    .serve(registries, &self.upstreams, &self.metrics, &req)
+                    .serve(&registries, &self.upstreams, &self.metrics, &req, &visible)
                     .await
             }
-            _ => self.repository(route, req, inbound).await,
+            _ => self.repository(route, req, inbound, peer).await,
         }
     }
 
@@ -225,6 +276,7 @@ impl Proxy {
         route: Route,
         req: Request<Incoming>,
         inbound: &Inbound,
+        peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
         let name = match &inbound.registry {
@@ -232,69 +284,147 @@ impl Proxy {
             Some(registry) => self.scoped_name(registry, &raw_name)?,
         };
         check_method(&route, req.method())?;
-        let reading = matches!(*req.method(), Method::GET | Method::HEAD)
+        let method = req.method().clone();
+        let reading = matches!(method, Method::GET | Method::HEAD)
             && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
+        let policy = self.gate.policy();
         let plan = if !reading {
             Plan::One(self.resolver.for_push(&name)?)
         } else if content_addressed(&route) {
-            self.resolver.for_blob(&name)?
+            self.resolver.for_blob(&name, &policy)?
         } else {
-            self.resolver.for_pull(&name)?
+            self.resolver
+                .for_pull(&name, &policy, route_digest(&route).is_some())?
+        };
+        let user = basic_user(req.headers());
+        let ask = Ask {
+            op: policy_operation(&route, &method),
+            route: &route,
+            peer,
+            user: user.as_deref(),
+            listener: inbound.listener,
         };
         match plan {
             Plan::One(target) => {
-                if let Some(resp) = self.cached_manifest(&route, &target, req.method()).await {
+                let verdict = self.gate.check(&ask.check(&target))?;
+                if ask.op == Operation::Push {
+                    let req = match self.staged(&route, &raw_name, &target, &ask, req).await? {
+                        Ok(resp) => return Ok(with_warning(resp, verdict)),
+                        Err(req) => req,
+                    };
+                    let pushed = match (&route, &method) {
+                        (Route::Upload { .. }, &Method::PUT) => {
+                            query_value(req.uri().query(), "digest")
+                        }
+                        (Route::UploadStart { .. }, _) => query_value(req.uri().query(), "mount"),
+                        _ => None,
+                    };
+                    let resp = self.forward(&route, &raw_name, &target, req).await?;
+                    if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
+                        self.record_pushed(&digest, &target);
+                    }
+                    return Ok(with_warning(resp, verdict));
+                }
+                if let Some(resp) = self.staged_blob(&route, &target, &method).await {
                     return Ok(resp);
+                }
+                if let Some(resp) = self.cached_manifest(&route, &target, &method).await {
+                    return Ok(with_warning(resp, verdict));
                 }
                 let resp = self.forward(&route, &raw_name, &target, req).await?;
                 if reading && resp.status().is_success() {
                     self.resolver.remember(&name, &target.registry);
+                    self.record_provenance(&route, &target);
                 }
-                Ok(resp)
+                Ok(with_warning(resp, verdict))
             }
-            Plan::Search(targets) => self.search(&route, &raw_name, &name, &targets, req).await,
+            Plan::Search(targets) => {
+                self.in_order(&ask, &raw_name, &name, &targets, req, false)
+                    .await
+            }
+            Plan::Mirrors(targets) => {
+                self.in_order(&ask, &raw_name, &name, &targets, req, true)
+                    .await
+            }
         }
     }
 
-    /// A short-name pull: the first registry that has it wins. Not-found (404, and the
-    /// 401/403 registries answer for names that do not exist or are not visible) moves on;
-    /// an outage stops, so it never silently swaps in another registry's image.
-    async fn search(
+    /// A short-name pull (`mirrors == false`): the first registry that has it wins.
+    /// Not-found (404, and the 401/403 registries answer for names that do not exist or are
+    /// not visible) moves on; an outage stops, so it never silently swaps in another
+    /// registry's image. Registries the policy denies are skipped, never contacted.
+    /// registries.conf mirrors (`mirrors == true`): any failure moves on to the next
+    /// source, and the primary location (last) answers whatever it answers.
+    async fn in_order(
         &self,
-        route: &Route,
+        ask: &Ask<'_>,
         raw_name: &str,
         name: &Name,
         targets: &[Target],
         req: Request<Incoming>,
+        mirrors: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, _) = req.into_parts();
+        let route = ask.route;
         let mut tried = Vec::new();
-        for target in targets {
+        let mut denied = None;
+        for (i, target) in targets.iter().enumerate() {
+            let verdict = match self.gate.check(&ask.check(target)) {
+                Ok(v) => v,
+                Err(e) => {
+                    denied.get_or_insert(e);
+                    continue;
+                }
+            };
+            let last = i + 1 == targets.len();
             let req = Request::from_parts(parts.clone(), ());
-            let resp = self
+            let resp = match self
                 .forward(route, raw_name, target, req.map(|()| None))
-                .await?;
-            match resp.status() {
-                StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    tried.push(target.to_string());
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) if mirrors && !last => {
+                    warn!(mirror = %target, error = %e, "mirror failed; trying the next source");
+                    continue;
                 }
-                s if s.is_server_error() => {
-                    return Err(UpstreamError::Status {
-                        registry: target.registry.clone(),
-                        status: s,
-                    }
-                    .into())
+                Err(e) => return Err(e),
+            };
+            let status = resp.status();
+            let found = !matches!(
+                status,
+                StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) && !status.is_server_error();
+            if mirrors && (found || last) {
+                if found {
+                    self.record_provenance(route, target);
                 }
-                _ => {
-                    info!(name = %raw_name, resolved = %target, "short name resolved");
-                    self.metrics
-                        .resolutions
-                        .with_label_values(&[&target.registry])
-                        .inc();
-                    self.resolver.remember(name, &target.registry);
-                    return Ok(resp);
-                }
+                return Ok(with_warning(resp, verdict));
             }
+            if mirrors {
+                continue;
+            }
+            if status.is_server_error() {
+                return Err(UpstreamError::Status {
+                    registry: target.registry.clone(),
+                    status,
+                }
+                .into());
+            }
+            if !found {
+                tried.push(target.to_string());
+                continue;
+            }
+            info!(name = %raw_name, resolved = %target, "short name resolved");
+            self.metrics
+                .resolutions
+                .with_label_values(&[&target.registry])
+                .inc();
+            self.resolver.remember(name, &target.registry);
+            self.record_provenance(route, target);
+            return Ok(with_warning(resp, verdict));
+        }
+        if let (Some(denial), true) = (denied, tried.is_empty()) {
+            return Err(denial);
         }
         Err(ProxyError::NotFound {
             name: raw_name.to_owned(),
@@ -304,7 +434,7 @@ impl Proxy {
     }
 
     /// Send one request to one registry and turn its answer into the client's response.
-    async fn forward<B>(
+    pub(crate) async fn forward<B>(
         &self,
         route: &Route,
         raw_name: &str,
@@ -387,6 +517,45 @@ impl Proxy {
             self.manifests.insert(key, manifest).await;
         }
         Ok(resp)
+    }
+
+    /// Remember where a blob was seen: private-push protection asks whether a blob was
+    /// only ever seen in private registries.
+    pub(crate) fn record_provenance(&self, route: &Route, target: &Target) {
+        let Some(store) = &self.provenance else {
+            return;
+        };
+        let digest = match route {
+            Route::Blob { digest, .. } => digest.as_str(),
+            _ => return,
+        };
+        let seen = if self.gate.policy().is_public(&target.registry) {
+            Seen::Public
+        } else {
+            Seen::Private
+        };
+        if let Err(e) = store.record(digest, seen) {
+            warn!(error = %e, "cannot record blob provenance");
+        }
+    }
+
+    /// A blob pushed (or mounted) through portcullis was seen in its destination.
+    fn record_pushed(&self, digest: &str, target: &Target) {
+        let Some(store) = &self.provenance else {
+            return;
+        };
+        let seen = if self.gate.policy().is_public(&target.registry) {
+            Seen::Public
+        } else {
+            Seen::Private
+        };
+        if let Err(e) = store.record(digest, seen) {
+            warn!(error = %e, "cannot record blob provenance");
+        }
+    }
+
+    pub(crate) fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// A digest-addressed manifest already verified and cached for this repository.
@@ -480,20 +649,31 @@ impl Proxy {
         req: &Request<Incoming>,
         inbound: &Inbound,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // What may not be listed, or pulled, is not shown.
+        let policy = self.gate.policy();
+        let visible = |registry: &str, repository: &str| {
+            let allows = |op, repository| {
+                let subject = Subject {
+                    op,
+                    registry,
+                    repository,
+                    tag: None,
+                    digest: None,
+                };
+                policy.evaluate(&subject).action.permits()
+            };
+            allows(Operation::List, "")
+                && (repository.is_empty() || allows(Operation::Pull, repository))
+        };
         match &inbound.registry {
             // An intercepted registry lists its own catalog, with its own names.
             Some(registry) => {
                 let only = [registry.to_string()];
-                crate::catalog::serve(&only, false, &self.upstreams, req).await
+                crate::catalog::serve(&only, false, &self.upstreams, req, &visible).await
             }
             None => {
-                crate::catalog::serve(
-                    self.resolver.search_registries(),
-                    true,
-                    &self.upstreams,
-                    req,
-                )
-                .await
+                let registries = self.resolver.search_registries(&policy);
+                crate::catalog::serve(&registries, true, &self.upstreams, req, &visible).await
             }
         }
     }
@@ -628,6 +808,68 @@ fn scope(repo: &str, method: &Method) -> String {
     format!("repository:{repo}:{actions}")
 }
 
+/// The policy's operation for a request.
+fn policy_operation(route: &Route, method: &Method) -> Operation {
+    match route {
+        _ if *method == Method::DELETE && !matches!(route, Route::Upload { .. }) => {
+            Operation::Delete
+        }
+        Route::Upload { .. } | Route::UploadStart { .. } => Operation::Push,
+        Route::Tags { .. } | Route::Catalog => Operation::List,
+        Route::V1Search | Route::V1Ping => Operation::Search,
+        _ if matches!(*method, Method::GET | Method::HEAD) => Operation::Pull,
+        _ => Operation::Push,
+    }
+}
+
+pub(crate) fn route_tag(route: &Route) -> Option<&str> {
+    match route {
+        Route::Manifest {
+            reference: Reference::Tag(t),
+            ..
+        } => Some(t),
+        _ => None,
+    }
+}
+
+pub(crate) fn route_digest(route: &Route) -> Option<&str> {
+    match route {
+        Route::Manifest {
+            reference: Reference::Digest(d),
+            ..
+        }
+        | Route::Blob { digest: d, .. }
+        | Route::Referrers { digest: d, .. } => Some(d.as_str()),
+        _ => None,
+    }
+}
+
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The user name of a client's Basic credentials, for the audit trail (never the password).
+fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    match crate::upstream::auth::Identity::from_client_basic(value)? {
+        crate::upstream::auth::Identity::Client { username, .. } => Some(username),
+        _ => None,
+    }
+}
+
+/// Attach a policy warning. No client shows it; the audit trail and metrics are the record.
+pub(crate) fn with_warning(mut resp: Response<ProxyBody>, verdict: Verdict) -> Response<ProxyBody> {
+    if let Verdict::Warn(text) = verdict {
+        let text = text.replace(['"', '\\'], "'");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 portcullis \"{text}\"")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
 /// Blobs and manifests by digest of a short name come from the registry that served the
 /// pull's tag, without searching again.
 fn content_addressed(route: &Route) -> bool {
@@ -676,7 +918,10 @@ fn check_method(route: &Route, method: &Method) -> Result<(), ProxyError> {
 }
 
 /// Read a client body whole, refusing more than `limit` bytes.
-async fn collect_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes, ProxyError> {
+pub(crate) async fn collect_limited(
+    mut body: ProxyBody,
+    limit: usize,
+) -> Result<Bytes, ProxyError> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
         let frame = frame.map_err(|e| ProxyError::ClientBody(e.to_string()))?;
@@ -693,6 +938,12 @@ async fn collect_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes, Pro
 /// The client's body, or none when a request is replayed against the next search registry.
 pub trait IntoProxyBody {
     fn into_proxy_body(self) -> ProxyBody;
+}
+
+impl IntoProxyBody for ProxyBody {
+    fn into_proxy_body(self) -> ProxyBody {
+        self
+    }
 }
 
 impl IntoProxyBody for Incoming {

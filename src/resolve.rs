@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::config::ResolveConfig;
 use crate::error::ProxyError;
+use crate::policy::{Policy, ShortName};
 use crate::reference::{fully_qualified, Name, Repository};
 
 /// One registry and the repository name it knows the image by.
@@ -27,6 +28,9 @@ impl fmt::Display for Target {
 pub enum Plan {
     /// Exactly one registry: a fully qualified name, an alias, a push, or a remembered pull.
     One(Target),
+    /// registries.conf mirrors, then the primary location: any failure moves on (a mirror
+    /// is an optimisation, never the only source).
+    Mirrors(Vec<Target>),
     /// A short-name pull: try each in order; not-found moves on, an outage stops.
     Search(Vec<Target>),
 }
@@ -73,31 +77,83 @@ impl Resolver {
         }
     }
 
-    /// The ordered search registries (Atomic's `--add-registry` list).
-    pub fn search_registries(&self) -> &[String] {
-        &self.search
+    /// The ordered search registries (Atomic's `--add-registry` list): the policy's
+    /// (`search_registries`, or registries.conf's `unqualified-search-registries`) when it
+    /// sets one, else the server configuration's. Registries not configured are left out:
+    /// they are never contacted.
+    pub fn search_registries(&self, policy: &Policy) -> Vec<String> {
+        match policy.search_registries() {
+            Some(list) => list
+                .iter()
+                .filter(|r| self.configured.contains(*r))
+                .cloned()
+                .collect(),
+            None => self.search.clone(),
+        }
     }
 
-    /// Reads of a manifest, tag list or referrers.
-    pub fn for_pull(&self, name: &Name) -> Result<Plan, ProxyError> {
+    /// Reads of a manifest, tag list or referrers. Fully qualified names follow
+    /// registries.conf `location` rewrites and mirrors (pulls only); short names an alias
+    /// (configuration first, then policy) or the search list, unless enforcing mode finds
+    /// them ambiguous.
+    pub fn for_pull(
+        &self,
+        name: &Name,
+        policy: &Policy,
+        by_digest: bool,
+    ) -> Result<Plan, ProxyError> {
         match name {
             Name::Qualified {
                 registry,
                 repository,
-            } => Ok(Plan::One(self.qualified(registry, repository)?)),
+            } => {
+                let sources = policy.pull_sources(registry, repository.as_str(), by_digest);
+                let targets: Vec<Target> = sources
+                    .iter()
+                    .filter_map(|s| {
+                        let repository = Repository::parse(&s.repository).ok()?;
+                        self.qualified(&s.registry, &repository).ok()
+                    })
+                    .collect();
+                match targets.len() {
+                    0 | 1 if sources.len() <= 1 => {
+                        let target = targets.into_iter().next();
+                        Ok(Plan::One(match target {
+                            Some(t) => t,
+                            None => self.qualified(registry, repository)?,
+                        }))
+                    }
+                    0 => Err(ProxyError::RegistryNotAllowed(registry.clone())),
+                    _ => Ok(Plan::Mirrors(targets)),
+                }
+            }
             Name::Short(repo) => {
                 if let Some((registry, repository)) = self.aliases.get(repo.as_str()) {
                     return Ok(Plan::One(self.qualified(registry, repository)?));
                 }
-                Ok(Plan::Search(
-                    self.search.iter().map(|r| self.short(r, name)).collect(),
-                ))
+                match policy.resolve_short(repo, &self.search) {
+                    ShortName::Alias {
+                        registry,
+                        repository,
+                    } => Ok(Plan::One(self.qualified(&registry, &repository)?)),
+                    ShortName::Ambiguous { message, .. } => Err(ProxyError::Denied(message)),
+                    ShortName::Search(candidates) => Ok(Plan::Search(
+                        candidates
+                            .into_iter()
+                            .filter(|(r, _)| self.configured.contains(r))
+                            .map(|(registry, repository)| Target {
+                                registry,
+                                repository,
+                            })
+                            .collect(),
+                    )),
+                }
             }
         }
     }
 
     /// Reads of a blob: a short name follows the registry its manifest came from.
-    pub fn for_blob(&self, name: &Name) -> Result<Plan, ProxyError> {
+    pub fn for_blob(&self, name: &Name, policy: &Policy) -> Result<Plan, ProxyError> {
         if let Name::Short(repo) = name {
             if let Some(registry) = self.pulled.get(repo.as_str()) {
                 if !self.aliases.contains_key(repo.as_str()) {
@@ -105,7 +161,7 @@ impl Resolver {
                 }
             }
         }
-        self.for_pull(name)
+        self.for_pull(name, policy, true)
     }
 
     /// Writes (uploads, manifest PUT, deletes).
@@ -160,19 +216,23 @@ mod tests {
     fn fq(plan: &Plan) -> Vec<String> {
         match plan {
             Plan::One(t) => vec![t.to_string()],
-            Plan::Search(ts) => ts.iter().map(|t| t.to_string()).collect(),
+            Plan::Search(ts) | Plan::Mirrors(ts) => ts.iter().map(|t| t.to_string()).collect(),
         }
     }
 
     #[test]
     fn short_names_search_in_order_with_docker_library_rule() {
-        let plan = resolver(None).for_pull(&name("fedora")).expect("plan");
+        let plan = resolver(None)
+            .for_pull(&name("fedora"), &Policy::default(), false)
+            .expect("plan");
         assert!(matches!(plan, Plan::Search(_)));
         assert_eq!(
             fq(&plan),
             vec!["registry.example.com/fedora", "docker.io/library/fedora"]
         );
-        let plan = resolver(None).for_pull(&name("ns/app")).expect("plan");
+        let plan = resolver(None)
+            .for_pull(&name("ns/app"), &Policy::default(), false)
+            .expect("plan");
         assert_eq!(
             fq(&plan),
             vec!["registry.example.com/ns/app", "docker.io/ns/app"]
@@ -181,7 +241,9 @@ mod tests {
 
     #[test]
     fn aliases_win_over_the_search_list() {
-        let plan = resolver(None).for_pull(&name("tool")).expect("plan");
+        let plan = resolver(None)
+            .for_pull(&name("tool"), &Policy::default(), false)
+            .expect("plan");
         assert_eq!(
             plan,
             Plan::One(Target {
@@ -195,11 +257,13 @@ mod tests {
     fn qualified_names_go_only_to_configured_registries() {
         let r = resolver(None);
         assert_eq!(
-            fq(&r.for_pull(&name("docker.io/alpine")).expect("plan")),
+            fq(&r
+                .for_pull(&name("docker.io/alpine"), &Policy::default(), false)
+                .expect("plan")),
             vec!["docker.io/library/alpine"]
         );
         let err = r
-            .for_pull(&name("evil.example.net/x"))
+            .for_pull(&name("evil.example.net/x"), &Policy::default(), false)
             .expect_err("not configured");
         assert!(matches!(err, ProxyError::RegistryNotAllowed(ref h) if h == "evil.example.net"));
         assert!(r.for_push(&name("evil.example.net/x")).is_err());
@@ -224,11 +288,62 @@ mod tests {
     fn blobs_follow_the_registry_that_served_the_manifest() {
         let r = resolver(None);
         let n = name("fedora");
-        assert!(matches!(r.for_blob(&n).expect("plan"), Plan::Search(_)));
+        assert!(matches!(
+            r.for_blob(&n, &Policy::default()).expect("plan"),
+            Plan::Search(_)
+        ));
         r.remember(&n, "docker.io");
         assert_eq!(
-            fq(&r.for_blob(&n).expect("plan")),
+            fq(&r.for_blob(&n, &Policy::default()).expect("plan")),
             vec!["docker.io/library/fedora"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn resolver() -> Resolver {
+        let config = ResolveConfig {
+            search: vec!["registry.example.com".into(), "docker.io".into()],
+            push: None,
+            aliases: HashMap::new(),
+            cache_ttl: Duration::from_secs(60),
+            search_timeout: Duration::from_secs(1),
+            catalog_ttl: Duration::from_secs(1),
+        };
+        let configured =
+            ["registry.example.com", "docker.io", "mirror.example.com"].map(str::to_owned);
+        Resolver::new(&config, configured)
+    }
+
+    fn policy(text: &str) -> Policy {
+        crate::policy::parse("p.toml", text).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    #[test]
+    fn enforcing_mode_refuses_ambiguous_short_names_and_names_the_candidates() {
+        let p = policy("short_name_mode = \"enforcing\"\n");
+        let err = resolver()
+            .for_pull(&Name::parse("fedora").expect("name"), &p, false)
+            .expect_err("ambiguous");
+        let text = err.to_string();
+        assert!(
+            text.contains("registry.example.com/fedora")
+                && text.contains("docker.io/library/fedora"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn policy_search_lists_skip_unconfigured_registries() {
+        let p = policy("search_registries = [\"quay.io\", \"docker.io\"]\n");
+        assert_eq!(resolver().search_registries(&p), vec!["docker.io"]);
+        assert_eq!(
+            resolver().search_registries(&Policy::default()),
+            vec!["registry.example.com", "docker.io"]
         );
     }
 }

@@ -21,6 +21,7 @@ use crate::body::{empty, full, ProxyBody};
 use crate::config::SearchMode;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::policy::Operation;
 use crate::reference::DOCKER_HUB;
 use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError, Upstreams};
 
@@ -135,8 +136,15 @@ impl Search {
         upstreams: &Upstreams,
         metrics: &Metrics,
         req: &Request<Incoming>,
+        visible: &(dyn Fn(Operation, &str, &str) -> bool + Sync),
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let query = Query::parse(req.uri().query())?;
+        // A registry the policy closes to search is not asked; it is not a failure either.
+        let registries: Vec<String> = registries
+            .iter()
+            .filter(|r| visible(Operation::Search, r, ""))
+            .cloned()
+            .collect();
         let authorization = req.headers().get(header::AUTHORIZATION);
         let searches = registries
             .iter()
@@ -158,6 +166,12 @@ impl Search {
         for (registry, found) in join_all(searches).await {
             match found {
                 Ok(mut found) => {
+                    // What a pull would be denied is not shown.
+                    found.retain(|r| {
+                        r.name
+                            .split_once('/')
+                            .is_some_and(|(reg, repo)| visible(Operation::Pull, reg, repo))
+                    });
                     // Priority first (the order of `registries`), then stars, then name.
                     found.sort_by(|a, b| {
                         b.star_count

@@ -1,0 +1,511 @@
+//! Push gating that needs content: labels, annotations and provenance.
+//!
+//! When the policy has content-based `[[private]]` rules for a public destination, the push
+//! is **staged**: portcullis answers the uploads itself ([`crate::stage`]), reads the
+//! manifest when it arrives (it comes last), decides, and only then sends the blobs and the
+//! manifest upstream. A rejected push therefore leaves no byte of the image at the
+//! destination. Everything else about a push is decided by name at its first request
+//! ([`crate::gate::Gate::check`]).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use crate::body::{boxed, empty, full, ProxyBody};
+use crate::error::ProxyError;
+use crate::gate::Verdict;
+use crate::policy::PushContent;
+use crate::provenance::Seen;
+use crate::proxy::{Ask, Proxy, MAX_MANIFEST};
+use crate::resolve::Target;
+use crate::route::Route;
+use crate::stage::{self, Stage, StageError, SESSION_PREFIX};
+use crate::upstream::{read_limited, Outgoing, Upstream};
+
+/// What a manifest references and says about itself.
+#[derive(Debug, Default, PartialEq)]
+pub struct ManifestFacts {
+    pub config: Option<String>,
+    pub blobs: Vec<String>,
+    pub annotations: HashMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawManifest {
+    config: Option<RawDescriptor>,
+    #[serde(default)]
+    layers: Vec<RawDescriptor>,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawDescriptor {
+    digest: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    config: Option<RawImageConfig>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawImageConfig {
+    #[serde(default, rename = "Labels")]
+    labels: Option<HashMap<String, String>>,
+}
+
+impl ManifestFacts {
+    /// An image manifest (OCI or docker v2). An index has no config or layers of its own.
+    pub fn parse(bytes: &[u8]) -> Result<ManifestFacts, ProxyError> {
+        let raw: RawManifest = serde_json::from_slice(bytes)
+            .map_err(|e| ProxyError::BadRequest(format!("manifest is not valid JSON: {e}")))?;
+        let config = raw.config.map(|c| c.digest);
+        let mut blobs: Vec<String> = raw.layers.into_iter().map(|l| l.digest).collect();
+        blobs.extend(config.iter().cloned());
+        Ok(ManifestFacts {
+            config,
+            blobs,
+            annotations: raw.annotations,
+        })
+    }
+}
+
+/// Image config labels (`config.Labels`).
+pub fn labels(config: &[u8]) -> HashMap<String, String> {
+    serde_json::from_slice::<RawConfig>(config)
+        .ok()
+        .and_then(|c| c.config)
+        .and_then(|c| c.labels)
+        .unwrap_or_default()
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn stage_error(e: StageError) -> ProxyError {
+    match e {
+        StageError::DigestMismatch { .. } | StageError::UnsupportedDigest(_) => {
+            ProxyError::DigestMismatch(e.to_string())
+        }
+        StageError::UnknownSession(_) => ProxyError::UploadUnknown(e.to_string()),
+        other => ProxyError::Staging(other.to_string()),
+    }
+}
+
+fn upload_response(
+    status: StatusCode,
+    location: String,
+    id: Option<&str>,
+    size: Option<u64>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    if let Some(id) = id.and_then(|i| HeaderValue::from_str(i).ok()) {
+        h.insert("docker-upload-uuid", id);
+    }
+    if let Some(size) = size {
+        let range = format!("0-{}", size.saturating_sub(1));
+        if let Ok(v) = HeaderValue::from_str(&range) {
+            h.insert(header::RANGE, v);
+        }
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp
+}
+
+impl Proxy {
+    /// Serve a push request locally when the push is staged; `None` means "forward it".
+    pub(crate) async fn staged(
+        &self,
+        route: &Route,
+        raw_name: &str,
+        target: &Target,
+        ask: &Ask<'_>,
+        req: Request<Incoming>,
+    ) -> Result<Result<Response<ProxyBody>, Request<Incoming>>, ProxyError> {
+        let Some(stage) = self.stage.clone() else {
+            return Ok(Err(req));
+        };
+        let staging = self.gate.policy().private_needs_content(&target.registry);
+        let method = req.method().clone();
+        let query = req.uri().query().map(str::to_owned);
+        let uploads = format!("/v2/{raw_name}/blobs/uploads");
+        let done = |digest: &str| {
+            let mut resp = upload_response(
+                StatusCode::CREATED,
+                format!("/v2/{raw_name}/blobs/{digest}"),
+                None,
+                None,
+            );
+            if let Ok(v) = HeaderValue::from_str(digest) {
+                resp.headers_mut().insert("docker-content-digest", v);
+            }
+            resp
+        };
+        let resp = match route {
+            Route::UploadStart { .. } if staging => {
+                let id = stage.start(&target.registry);
+                let body = boxed(req.into_body());
+                match query_param(query.as_deref(), "digest") {
+                    // A monolithic upload in the POST itself.
+                    Some(digest) => {
+                        stage
+                            .finish(&id, &digest, body)
+                            .await
+                            .map_err(stage_error)?;
+                        done(&digest)
+                    }
+                    None => {
+                        let size = stage.append(&id, body).await.map_err(stage_error)?;
+                        upload_response(
+                            StatusCode::ACCEPTED,
+                            format!("{uploads}/{id}"),
+                            Some(&id),
+                            Some(size),
+                        )
+                    }
+                }
+            }
+            Route::Upload { session, .. } if session.starts_with(SESSION_PREFIX) => {
+                let location = format!("{uploads}/{session}");
+                match method {
+                    Method::PATCH => {
+                        let size = stage
+                            .append(session, boxed(req.into_body()))
+                            .await
+                            .map_err(stage_error)?;
+                        upload_response(StatusCode::ACCEPTED, location, Some(session), Some(size))
+                    }
+                    Method::PUT => {
+                        let digest = query_param(query.as_deref(), "digest").ok_or_else(|| {
+                            ProxyError::DigestMismatch(
+                                "the final PUT of an upload needs ?digest=".to_owned(),
+                            )
+                        })?;
+                        stage
+                            .finish(session, &digest, boxed(req.into_body()))
+                            .await
+                            .map_err(stage_error)?;
+                        done(&digest)
+                    }
+                    Method::DELETE => {
+                        if !stage.cancel(session) {
+                            return Err(ProxyError::UploadUnknown(format!(
+                                "upload {session} is unknown"
+                            )));
+                        }
+                        upload_response(StatusCode::NO_CONTENT, location, None, None)
+                    }
+                    _ => {
+                        let size = stage.status(session).ok_or_else(|| {
+                            ProxyError::UploadUnknown(format!("upload {session} is unknown"))
+                        })?;
+                        upload_response(StatusCode::NO_CONTENT, location, Some(session), Some(size))
+                    }
+                }
+            }
+            Route::Manifest { .. } if staging && method == Method::PUT => {
+                return self
+                    .publish(route, raw_name, target, ask, &stage, req)
+                    .await
+                    .map(Ok);
+            }
+            _ => return Ok(Err(req)),
+        };
+        self.metrics
+            .staged_bytes
+            .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
+        Ok(Ok(resp))
+    }
+
+    /// A blob HEAD/GET that a staged push is waiting on (docker checks every upload).
+    pub(crate) async fn staged_blob(
+        &self,
+        route: &Route,
+        target: &Target,
+        method: &Method,
+    ) -> Option<Response<ProxyBody>> {
+        let (Some(stage), Route::Blob { digest, .. }) = (&self.stage, route) else {
+            return None;
+        };
+        let blob = stage.blob(&target.registry, digest.as_str())?;
+        let body = if *method == Method::HEAD {
+            empty()
+        } else {
+            stage::read(&blob).await.ok()?
+        };
+        let mut resp = Response::new(body);
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(blob.size));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+            h.insert("docker-content-digest", v);
+        }
+        Some(resp)
+    }
+
+    /// The manifest of a staged push: decide on its content, then send its staged blobs and
+    /// the manifest upstream, or drop them all.
+    async fn publish(
+        &self,
+        route: &Route,
+        raw_name: &str,
+        target: &Target,
+        ask: &Ask<'_>,
+        stage: &Stage,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let bytes = crate::proxy::collect_limited(boxed(body), MAX_MANIFEST).await?;
+        let facts = ManifestFacts::parse(&bytes)?;
+        let upstream = self
+            .upstreams()
+            .get(&target.registry)
+            .ok_or_else(|| ProxyError::RegistryNotAllowed(target.registry.clone()))?
+            .clone();
+        let staged: Vec<String> = facts
+            .blobs
+            .iter()
+            .filter(|d| stage.blob(&target.registry, d).is_some())
+            .cloned()
+            .collect();
+        let labels = match &facts.config {
+            Some(config) => labels(&self.read_blob(stage, &upstream, target, config).await?),
+            None => HashMap::new(),
+        };
+        let private_provenance = match &self.provenance {
+            // Only staged blobs count: the destination already has every other blob.
+            Some(store) => staged
+                .iter()
+                .any(|d| store.private_only(d).unwrap_or(false)),
+            None => false,
+        };
+        let policy = self.gate.policy();
+        let content = PushContent {
+            registry: &target.registry,
+            repository: target.repository.as_str(),
+            labels: Some(&labels),
+            annotations: Some(&facts.annotations),
+            private_provenance,
+            sources: &[],
+        };
+        let verdict = match policy.private_push(&content) {
+            None => Verdict::Allow,
+            Some(decision) => match self.gate.enforce(decision, &ask.check(target)) {
+                Ok(v) => v,
+                Err(denied) => {
+                    for d in &staged {
+                        stage.remove(&target.registry, d);
+                    }
+                    self.metrics
+                        .staged_bytes
+                        .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
+                    info!(target = %target, blobs = staged.len(), "push refused; staged blobs dropped, nothing sent");
+                    return Err(denied);
+                }
+            },
+        };
+        for digest in &staged {
+            self.send_staged(stage, &upstream, target, digest).await?;
+        }
+        let req = Request::from_parts(parts, full(bytes));
+        let resp = self.forward(route, raw_name, target, req).await?;
+        if resp.status().is_success() {
+            for d in &staged {
+                stage.remove(&target.registry, d);
+            }
+            if let Some(store) = &self.provenance {
+                let seen = if policy.is_public(&target.registry) {
+                    Seen::Public
+                } else {
+                    Seen::Private
+                };
+                if let Err(e) = store.record_many(&facts.blobs, seen) {
+                    warn!(error = %e, "cannot record blob provenance");
+                }
+            }
+        }
+        self.metrics
+            .staged_bytes
+            .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
+        Ok(crate::proxy::with_warning(resp, verdict))
+    }
+
+    /// A config blob, from the stage or from the destination.
+    async fn read_blob(
+        &self,
+        stage: &Stage,
+        upstream: &Upstream,
+        target: &Target,
+        digest: &str,
+    ) -> Result<Bytes, ProxyError> {
+        if let Some(blob) = stage.blob(&target.registry, digest) {
+            let body = stage::read(&blob).await.map_err(stage_error)?;
+            return crate::proxy::collect_limited(body, MAX_MANIFEST).await;
+        }
+        let resp = upstream
+            .send(self.outgoing(
+                upstream,
+                Method::GET,
+                format!("/v2/{}/blobs/{digest}", target.repository),
+                empty(),
+                "pull",
+            ))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(ProxyError::BadRequest(format!(
+                "config blob {digest} is neither uploaded nor at {}",
+                target.registry
+            )));
+        }
+        Ok(read_limited(resp.into_body(), MAX_MANIFEST, upstream.host()).await?)
+    }
+
+    fn outgoing(
+        &self,
+        upstream: &Upstream,
+        method: Method,
+        path_and_query: String,
+        body: ProxyBody,
+        actions: &str,
+    ) -> Outgoing {
+        let repo = path_and_query
+            .trim_start_matches("/v2/")
+            .split("/blobs/")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        Outgoing {
+            replayable: method != Method::PUT,
+            method,
+            path_and_query,
+            headers,
+            body,
+            scopes: vec![format!("repository:{repo}:{actions}")],
+            identity: upstream.identity_for(None),
+        }
+    }
+
+    /// Upload one staged blob to the destination (unless it already has it).
+    async fn send_staged(
+        &self,
+        stage: &Stage,
+        upstream: &Upstream,
+        target: &Target,
+        digest: &str,
+    ) -> Result<(), ProxyError> {
+        let Some(blob) = stage.blob(&target.registry, digest) else {
+            return Ok(());
+        };
+        let repo = target.repository.as_str();
+        let head = upstream
+            .send(self.outgoing(
+                upstream,
+                Method::HEAD,
+                format!("/v2/{repo}/blobs/{digest}"),
+                empty(),
+                "pull",
+            ))
+            .await?;
+        if head.status().is_success() {
+            return Ok(());
+        }
+        let started = upstream
+            .send(self.outgoing(
+                upstream,
+                Method::POST,
+                format!("/v2/{repo}/blobs/uploads/"),
+                empty(),
+                "pull,push",
+            ))
+            .await?;
+        let location = started
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| started.status() == StatusCode::ACCEPTED)
+            .ok_or_else(|| {
+                ProxyError::Staging(format!(
+                    "{} did not start an upload ({})",
+                    target.registry,
+                    started.status()
+                ))
+            })?;
+        let path = match url::Url::parse(location) {
+            Ok(u) => format!("{}?{}", u.path(), u.query().unwrap_or_default()),
+            Err(_) => location.to_owned(),
+        };
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let body = stage::read(&blob).await.map_err(stage_error)?;
+        let mut out = self.outgoing(
+            upstream,
+            Method::PUT,
+            format!("{path}{sep}digest={digest}"),
+            body,
+            "pull,push",
+        );
+        out.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(blob.size));
+        let put = upstream.send(out).await?;
+        if put.status() != StatusCode::CREATED {
+            return Err(ProxyError::Staging(format!(
+                "{} refused blob {digest} ({})",
+                target.registry,
+                put.status()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_facts_name_config_layers_and_annotations() {
+        let m = br#"{"schemaVersion":2,"config":{"digest":"sha256:c","size":1},"layers":[{"digest":"sha256:a","size":1}],"annotations":{"k":"v"}}"#;
+        let facts = ManifestFacts::parse(m).expect("manifest");
+        assert_eq!(facts.config.as_deref(), Some("sha256:c"));
+        assert_eq!(facts.blobs, ["sha256:a", "sha256:c"]);
+        assert_eq!(facts.annotations.get("k").map(String::as_str), Some("v"));
+        let index = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:x","size":1}]}"#;
+        assert_eq!(
+            ManifestFacts::parse(index).expect("index"),
+            ManifestFacts::default()
+        );
+        assert!(ManifestFacts::parse(b"nope").is_err());
+    }
+
+    #[test]
+    fn labels_come_from_the_image_config() {
+        let config = br#"{"architecture":"amd64","config":{"Labels":{"com.example.classification":"internal"}}}"#;
+        assert_eq!(
+            labels(config)
+                .get("com.example.classification")
+                .map(String::as_str),
+            Some("internal")
+        );
+        assert!(labels(b"{}").is_empty());
+    }
+}
