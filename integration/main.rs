@@ -12,4 +12,5 @@ mod cli;
 mod core;
 mod forward;
 mod harness_selftest;
+mod policy;
 mod search;

@@ -73,6 +73,11 @@ pub struct OciImage {
 impl OciImage {
     /// An image whose layers hold one random file each, of the given sizes in bytes.
     pub fn random(layer_sizes: &[u64]) -> OciImage {
+        OciImage::labelled(layer_sizes, &[])
+    }
+
+    /// A random image whose config carries these labels too.
+    pub fn labelled(layer_sizes: &[u64], labels: &[(&str, &str)]) -> OciImage {
         let dir = TestDir::new("image");
         let mut rng = XorShift::fresh();
         let layers: Vec<Blob> = layer_sizes
@@ -81,10 +86,18 @@ impl OciImage {
             .map(|(i, size)| write_layer(dir.path(), &format!("layer{i}.bin"), *size, &mut rng))
             .collect();
         let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
+        let mut label_map = serde_json::Map::new();
+        label_map.insert(
+            "portcullis.test.seed".into(),
+            rng.next_u64().to_string().into(),
+        );
+        for (k, v) in labels {
+            label_map.insert((*k).into(), (*v).into());
+        }
         let config = serde_json::json!({
             "architecture": "amd64",
             "os": "linux",
-            "config": { "Cmd": ["/layer0.bin"], "Labels": { "portcullis.test.seed": rng.next_u64().to_string() } },
+            "config": { "Cmd": ["/layer0.bin"], "Labels": label_map },
             "rootfs": { "type": "layers", "diff_ids": diff_ids },
             "history": layers.iter().map(|_| serde_json::json!({"created_by": "portcullis test"})).collect::<Vec<_>>(),
         });
