@@ -32,6 +32,13 @@ fn docker_search_lists_every_search_registry_fully_qualified_in_priority_order()
     let example = Registry::start(Auth::None);
     let corp = Registry::start(Auth::None);
     let hub = Registry::start(Auth::None);
+    let blocked = Registry::start(Auth::None);
+    fake_repositories(&blocked, ["fedora".into()]);
+    let policy = crate::harness::tempdir::TestDir::new("policy");
+    let policy_file = policy.write(
+        "block.toml",
+        "[[rule]]\nid = \"no-untrusted\"\nmessage = \"untrusted registry\"\naction = \"deny\"\nregistry = \"untrusted.example.com\"\n",
+    );
     fake_repositories(
         &example,
         ["fedora".into(), "team/fedora-tools".into(), "alpine".into()],
@@ -40,8 +47,19 @@ fn docker_search_lists_every_search_registry_fully_qualified_in_priority_order()
     fake_repositories(&hub, ["library/fedora".into(), "library/debian".into()]);
     let proxy = Portcullis::start(
         &ProxyConfig::new()
-            .search(&["registry.example.com", "corp.example.com", "docker.io"])
+            .search(&[
+                "untrusted.example.com",
+                "registry.example.com",
+                "corp.example.com",
+                "docker.io",
+            ])
             .set("resolve", "catalog_ttl_secs", 1)
+            .set(
+                "policy",
+                "paths",
+                toml::Value::Array(vec![policy_file.display().to_string().into()]),
+            )
+            .registry(Upstream::new("untrusted.example.com", &blocked))
             .registry(Upstream::new("registry.example.com", &example))
             .registry(Upstream::new("corp.example.com", &corp))
             .registry(Upstream::new("docker.io", &hub).with("search", "catalog"))
@@ -52,6 +70,12 @@ fn docker_search_lists_every_search_registry_fully_qualified_in_priority_order()
 
     let all = dockerd.docker(&["search", &term]);
     assert!(all.status.success(), "docker search:\n{}", describe(&all));
+    // The registry the policy blocks is not even asked; the others answer in priority order.
+    assert!(
+        blocked.requests().iter().all(|r| !r.contains("_catalog")),
+        "{:?}",
+        blocked.requests()
+    );
     assert_eq!(
         names(&all),
         [
