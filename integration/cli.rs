@@ -93,3 +93,47 @@ fn certs_init_creates_a_private_ca_once_and_certs_ca_prints_it() {
     assert!(text.contains("-----BEGIN CERTIFICATE-----"), "{text}");
     assert!(!text.contains("PRIVATE KEY"), "the CA key was printed");
 }
+
+#[test]
+fn policy_check_reports_every_problem_by_file_and_line_and_explain_names_the_rule() {
+    let dir = TestDir::new("cli");
+    let broken = dir.write(
+        "broken.toml",
+        "[[rule]]\nid = \"a\"\naction = \"deny\"\nrepository = \"regex:([\"\n\n[[rule]]\nid = \"a\"\naction = \"explode\"\n",
+    );
+    let broken = broken.display().to_string();
+    let out = portcullis(&["policy", "check", &broken]);
+    assert!(!out.status.success(), "a broken policy passed the check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [1, 4, 6, 8] {
+        assert!(
+            err.contains(&format!("{broken}:{line}:")),
+            "no problem reported at line {line}:\n{err}"
+        );
+    }
+
+    let good = dir.write(
+        "good.toml",
+        "[[rule]]\nid = \"no-latest\"\nmessage = \"pin a version\"\naction = \"deny\"\ntag = \"^latest$\"\n",
+    );
+    let good = good.display().to_string();
+    let out = portcullis(&["policy", "check", &good]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = portcullis(&[
+        "policy",
+        "explain",
+        "--op",
+        "pull",
+        "--policy",
+        &good,
+        "docker.io/alpine:latest",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text.contains("docker.io/library/alpine")
+            && text.contains("no-latest")
+            && text.contains("deny"),
+        "{text}"
+    );
+}

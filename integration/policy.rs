@@ -20,6 +20,10 @@ struct Gatekeeper {
 
 impl Gatekeeper {
     fn start(config: ProxyConfig, files: &[(&str, &str)]) -> Gatekeeper {
+        Gatekeeper::start_polling(config, files, 200)
+    }
+
+    fn start_polling(config: ProxyConfig, files: &[(&str, &str)], every_ms: i64) -> Gatekeeper {
         let dir = TestDir::new("policy");
         let policies = dir.subdir("policies");
         for (name, text) in files {
@@ -33,7 +37,7 @@ impl Gatekeeper {
                 toml::Value::Array(vec![policies.display().to_string().into()]),
             )
             .set("policy", "audit_log", audit.display().to_string())
-            .set("policy", "reload_interval_ms", 200);
+            .set("policy", "reload_interval_ms", every_ms);
         Gatekeeper {
             proxy: Portcullis::start(&config.toml()),
             dir,
@@ -551,4 +555,45 @@ fn a_broken_policy_edit_under_load_fails_no_request_and_a_good_edit_takes_effect
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
     assert_eq!(status["generation"], 2, "{status}");
     assert_eq!(status["last_result"], "ok");
+}
+
+#[test]
+fn sighup_reloads_the_policy_at_once() {
+    let corp = Registry::start(Auth::None);
+    corp.seed(&OciImage::random(&[8 * 1024]), "team/app:1");
+    let g = Gatekeeper::start_polling(
+        ProxyConfig::new()
+            .search(&["corp.example.com"])
+            .registry(Upstream::new("corp.example.com", &corp)),
+        &[("block.toml", BLOCK_BAD)],
+        3_600_000,
+    );
+    // Polling is an hour away: only the signal can make this edit take effect.
+    g.write("block.toml", "[[rule]]\nid = \"app-frozen\"\nmessage = \"frozen\"\naction = \"deny\"\nrepository = \"team/app\"\n");
+    let url = format!("{}/v2/corp.example.com/team/app/manifests/1", g.proxy.url());
+    let before = https(&g.proxy.ca_file())
+        .header("Accept", MANIFEST_MEDIA_TYPE)
+        .get(&url)
+        .expect("answer");
+    assert_eq!(before.status, 200, "the edit took effect without a reload");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.proxy.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let start = Instant::now();
+    loop {
+        let r = https(&g.proxy.ca_file())
+            .header("Accept", MANIFEST_MEDIA_TYPE)
+            .get(&url)
+            .expect("answer");
+        if r.status == 403 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "SIGHUP did not reload the policy"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
