@@ -597,3 +597,44 @@ fn sighup_reloads_the_policy_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn registries_conf_mirrors_and_location_rewrites_serve_pulls() {
+    let corp = Registry::start(Auth::None);
+    let mirror = Registry::start(Auth::None);
+    let image = OciImage::random(&[8 * 1024]);
+    mirror.seed(&image, "team/app:1");
+    corp.seed(&image, "team/moved:1");
+    let g = Gatekeeper::start(
+        ProxyConfig::new()
+            .search(&["corp.example.com"])
+            .registry(Upstream::new("corp.example.com", &corp))
+            .registry(Upstream::new("mirror.example.com", &mirror)),
+        &[(
+            "registries.conf",
+            "[[registry]]\nprefix = \"corp.example.com\"\nlocation = \"corp.example.com\"\n\n[[registry.mirror]]\nlocation = \"mirror.example.com\"\n\n[[registry]]\nprefix = \"old.example.com/team\"\nlocation = \"corp.example.com/team\"\n",
+        )],
+    );
+
+    // Only the mirror has team/app: the pull succeeds because the mirror is tried first.
+    let pulled = g.skopeo_pull("corp.example.com/team/app:1");
+    assert!(pulled.status.success(), "{}", describe(&pulled));
+    assert!(
+        mirror
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /v2/team/app/blobs/")),
+        "{:?}",
+        mirror.requests()
+    );
+    // A name under a rewritten prefix is served from its new location.
+    let moved = g.skopeo_pull("old.example.com/team/moved:1");
+    assert!(moved.status.success(), "{}", describe(&moved));
+    assert!(
+        corp.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /v2/team/moved/manifests/1")),
+        "{:?}",
+        corp.requests()
+    );
+}
