@@ -1,0 +1,50 @@
+//! `/v2/_catalog` through portcullis: which registries are listed, and the policy filter
+//! that hides what a client may not list or pull. Fetching, merging and paginating the
+//! upstream catalogs is [`crate::catalog`]'s.
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::policy::{Operation, Subject};
+
+use super::{Inbound, Proxy};
+
+impl Proxy {
+    /// `/v2/_catalog` across the search registries, names fully qualified, paginated over
+    /// the concatenation in search order (`last` is a fully qualified name).
+    pub(super) async fn catalog(
+        &self,
+        req: &Request<Incoming>,
+        inbound: &Inbound,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // What may not be listed, or pulled, is not shown.
+        let policy = self.gate.policy();
+        let visible = |registry: &str, repository: &str| {
+            let allows = |op, repository| {
+                let subject = Subject {
+                    op,
+                    registry,
+                    repository,
+                    tag: None,
+                    digest: None,
+                };
+                policy.evaluate(&subject).action.permits()
+            };
+            allows(Operation::List, "")
+                && (repository.is_empty() || allows(Operation::Pull, repository))
+        };
+        match &inbound.registry {
+            // An intercepted registry lists its own catalog, with its own names.
+            Some(registry) => {
+                let only = [registry.to_string()];
+                crate::catalog::serve(&only, false, &self.upstreams, req, &visible).await
+            }
+            None => {
+                let registries = self.resolver.search_registries(&policy);
+                crate::catalog::serve(&registries, true, &self.upstreams, req, &visible).await
+            }
+        }
+    }
+}

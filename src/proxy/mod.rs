@@ -1,0 +1,445 @@
+//! The request pipeline of the registry endpoint: route, resolve, forward, respond.
+//!
+//! Reads top to bottom: [`Proxy::handle`] parses the route, [`Proxy::repository`] resolves the
+//! name to a [`Plan`], [`Proxy::forward`] sends it upstream through [`crate::upstream`], and
+//! [`respond`](respond::respond) turns the upstream answer into the client's response (header
+//! rewriting, streaming, digest verification). Errors become responses only in [`crate::error`].
+//!
+//! This file is the pipeline itself; the steps it calls each have a file of their own:
+//! - `request.rs`: what a request asks for (policy operation, tag, digest, user), read off
+//!   the route and headers;
+//! - `send.rs`: one request to one registry (upstream path, token scope, headers, body);
+//! - `respond.rs`: the upstream's answer, or the manifest cache's, as the client's response;
+//! - `listing.rs`: `/v2/_catalog`, showing only what the policy lets a client see;
+//! - `record.rs`: where blobs were seen, for private-push protection.
+//!
+//! Pushes whose policy needs their content are staged in [`crate::push`].
+
+mod listing;
+mod record;
+mod request;
+mod respond;
+mod send;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use crate::body::{boxed, full, ProxyBody};
+use crate::cache::ManifestCache;
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::gate::{Check, Gate};
+use crate::metrics::{status_class, Counted, Metrics};
+use crate::policy::{Operation, Subject};
+use crate::provenance::Provenance;
+use crate::reference::{Name, Repository, DOCKER_HUB};
+use crate::resolve::{Plan, Resolver, Target};
+use crate::route::{self, Route};
+use crate::search::Search;
+use crate::stage::Stage;
+use crate::upstream::{Upstream, UpstreamError, Upstreams};
+
+use request::{
+    basic_user, check_method, content_addressed, operation, policy_operation, query_value,
+    route_digest, route_tag, what,
+};
+// Re-exported so the rest of the crate keeps naming them `crate::proxy::...`.
+pub(crate) use respond::with_warning;
+pub(crate) use send::collect_limited;
+pub use send::IntoProxyBody;
+
+/// The challenge portcullis answers so that docker offers its credentials.
+pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
+/// Names the fully qualified image every repository response was served from.
+pub const RESOLVED_HEADER: HeaderName = HeaderName::from_static("portcullis-resolved-name");
+/// The distribution spec suggests registries accept manifests of at least 4 MiB.
+pub const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// Both the `/v2/` answer and cached manifests announce the API version.
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+/// Where a request came in: the listener (a metric label) and, for intercepted and mirror
+/// traffic, the registry the client believes it is talking to. Names in such requests are
+/// relative to that registry (`/v2/library/alpine/...` on `registry-1.docker.io`).
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub listener: &'static str,
+    pub registry: Option<Arc<str>>,
+}
+
+impl Inbound {
+    pub fn endpoint() -> Inbound {
+        Inbound {
+            listener: "registry",
+            registry: None,
+        }
+    }
+}
+
+/// What the gate needs to know about a request, whichever registry it goes to.
+pub(crate) struct Ask<'a> {
+    pub op: Operation,
+    pub route: &'a Route,
+    pub peer: SocketAddr,
+    pub user: Option<&'a str>,
+    pub listener: &'static str,
+}
+
+impl<'a> Ask<'a> {
+    pub fn check(&'a self, target: &'a Target) -> Check<'a> {
+        Check {
+            op: self.op,
+            target,
+            tag: route_tag(self.route),
+            digest: route_digest(self.route),
+            peer: self.peer,
+            user: self.user,
+            listener: self.listener,
+        }
+    }
+}
+
+pub struct Proxy {
+    /// Treat docker.io single-component names (`library/<x>`) as short names that resolve
+    /// across the search registries (Atomic's --add-registry for stock docker).
+    hub_search: bool,
+    resolver: Resolver,
+    upstreams: Upstreams,
+    manifests: ManifestCache,
+    search: Search,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) provenance: Option<Arc<Provenance>>,
+    pub(crate) stage: Option<Arc<Stage>>,
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        gate: Arc<Gate>,
+        provenance: Option<Arc<Provenance>>,
+        stage: Option<Arc<Stage>>,
+    ) -> Result<Proxy, UpstreamError> {
+        Ok(Proxy {
+            hub_search: config.forward.docker_hub_search,
+            resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
+            upstreams: Upstreams::new(config, metrics.clone())?,
+            metrics,
+            manifests: ManifestCache::new(config.cache.manifest_bytes),
+            search: Search::new(config.resolve.catalog_ttl, config.resolve.search_timeout),
+            gate,
+            provenance,
+            stage,
+        })
+    }
+
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        inbound: Inbound,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>> {
+        Box::pin(async move { self.handle_inner(req, peer, inbound).await })
+    }
+
+    async fn handle_inner(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        inbound: Inbound,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let in_flight = self.metrics.in_flight.with_label_values(&["registry"]);
+        in_flight.inc();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let route = route::parse(&path);
+        let operation = operation(route.as_ref().ok(), &method);
+        let resp = match route {
+            Ok(route) => self.dispatch(route, req, &inbound, peer).await,
+            Err(e) => Err(e.into()),
+        };
+        let (resp, decision) = match resp {
+            Ok(resp) => (resp, "allow"),
+            Err(e) => {
+                if e.status().is_server_error() {
+                    warn!(%peer, %method, %path, error = %e, "request failed");
+                }
+                let decision = if e.status() == StatusCode::FORBIDDEN {
+                    "deny"
+                } else {
+                    "error"
+                };
+                (e.into_response(), decision)
+            }
+        };
+        let resolved = resp
+            .headers()
+            .get(&RESOLVED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let registry = self
+            .metrics
+            .registry_label(resolved.split_once('/').map(|(r, _)| r));
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[operation, registry, decision, status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+        info!(%peer, %method, %path, %operation, %resolved, %decision, status, ms = elapsed.as_millis() as u64, "request");
+        in_flight.dec();
+        let counter = self
+            .metrics
+            .bytes
+            .with_label_values(&["download", registry]);
+        resp.map(|body| boxed(Counted::new(body, counter)))
+    }
+
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        inbound: &Inbound,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        match route {
+            Route::Base => Ok(self.base(&req)),
+            Route::Catalog => self.catalog(&req, inbound).await,
+            Route::V1Ping => Ok(crate::search::ping()),
+            Route::V1Search => {
+                let policy = self.gate.policy();
+                let registries = self.resolver.search_registries(&policy);
+                let visible = |op: Operation, registry: &str, repository: &str| {
+                    let subject = Subject {
+                        op,
+                        registry,
+                        repository,
+                        tag: None,
+                        digest: None,
+                    };
+                    policy.evaluate(&subject).action.permits()
+                };
+                self.search
+                    .serve(&registries, &self.upstreams, &self.metrics, &req, &visible)
+                    .await
+            }
+            _ => self.repository(route, req, inbound, peer).await,
+        }
+    }
+
+    /// `GET /v2/`: challenge for credentials when an upstream wants the client's own.
+    fn base(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let wants_credentials = self
+            .resolver_registries()
+            .any(|u| u.wants_client_credentials());
+        if wants_credentials && !req.headers().contains_key(header::AUTHORIZATION) {
+            return ProxyError::Unauthorized.into_response();
+        }
+        let mut resp = Response::new(full(Bytes::from_static(b"{}")));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+        resp
+    }
+
+    /// A name relative to the registry an intercepted client talks to. With `hub_search`,
+    /// docker.io's `library/<x>` (what docker sends for `docker pull x`) becomes the short
+    /// name `x`: nothing distinguishes it from an explicit `docker.io/library/x`, which is
+    /// why this is an option.
+    fn scoped_name(&self, registry: &str, raw: &str) -> Result<Name, ProxyError> {
+        let repository = Repository::parse(raw)?;
+        if self.hub_search && registry == DOCKER_HUB {
+            if let Some(short) = raw.strip_prefix("library/").filter(|r| !r.contains('/')) {
+                return Ok(Name::Short(Repository::parse(short)?));
+            }
+        }
+        Ok(Name::Qualified {
+            registry: registry.to_owned(),
+            repository,
+        })
+    }
+
+    fn resolver_registries(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.all()
+    }
+
+    async fn repository(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        inbound: &Inbound,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let raw_name = route.name().unwrap_or_default().to_owned();
+        let name = match &inbound.registry {
+            None => Name::parse(&raw_name)?,
+            Some(registry) => self.scoped_name(registry, &raw_name)?,
+        };
+        check_method(&route, req.method())?;
+        let method = req.method().clone();
+        let reading = matches!(method, Method::GET | Method::HEAD)
+            && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
+        let policy = self.gate.policy();
+        let plan = if !reading {
+            Plan::One(self.resolver.for_push(&name)?)
+        } else if content_addressed(&route) {
+            self.resolver.for_blob(&name, &policy)?
+        } else {
+            self.resolver
+                .for_pull(&name, &policy, route_digest(&route).is_some())?
+        };
+        let user = basic_user(req.headers());
+        let ask = Ask {
+            op: policy_operation(&route, &method),
+            route: &route,
+            peer,
+            user: user.as_deref(),
+            listener: inbound.listener,
+        };
+        match plan {
+            Plan::One(target) => {
+                let verdict = self.gate.check(&ask.check(&target))?;
+                if ask.op == Operation::Push {
+                    let req = match self.staged(&route, &raw_name, &target, &ask, req).await? {
+                        Ok(resp) => return Ok(with_warning(resp, verdict)),
+                        Err(req) => req,
+                    };
+                    let pushed = match (&route, &method) {
+                        (Route::Upload { .. }, &Method::PUT) => {
+                            query_value(req.uri().query(), "digest")
+                        }
+                        (Route::UploadStart { .. }, _) => query_value(req.uri().query(), "mount"),
+                        _ => None,
+                    };
+                    let resp = self.forward(&route, &raw_name, &target, req).await?;
+                    if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
+                        self.record_pushed(&digest, &target);
+                    }
+                    return Ok(with_warning(resp, verdict));
+                }
+                if let Some(resp) = self.staged_blob(&route, &target, &method).await {
+                    return Ok(resp);
+                }
+                if let Some(resp) = self.cached_manifest(&route, &target, &method).await {
+                    return Ok(with_warning(resp, verdict));
+                }
+                let resp = self.forward(&route, &raw_name, &target, req).await?;
+                if reading && resp.status().is_success() {
+                    self.resolver.remember(&name, &target.registry);
+                    self.record_provenance(&route, &target);
+                }
+                Ok(with_warning(resp, verdict))
+            }
+            Plan::Search(targets) => {
+                self.in_order(&ask, &raw_name, &name, &targets, req, false)
+                    .await
+            }
+            Plan::Mirrors(targets) => {
+                self.in_order(&ask, &raw_name, &name, &targets, req, true)
+                    .await
+            }
+        }
+    }
+
+    /// A short-name pull (`mirrors == false`): the first registry that has it wins.
+    /// Not-found (404, and the 401/403 registries answer for names that do not exist or are
+    /// not visible) moves on; an outage stops, so it never silently swaps in another
+    /// registry's image. Registries the policy denies are skipped, never contacted.
+    /// registries.conf mirrors (`mirrors == true`): any failure moves on to the next
+    /// source, and the primary location (last) answers whatever it answers.
+    async fn in_order(
+        &self,
+        ask: &Ask<'_>,
+        raw_name: &str,
+        name: &Name,
+        targets: &[Target],
+        req: Request<Incoming>,
+        mirrors: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, _) = req.into_parts();
+        let route = ask.route;
+        let mut tried = Vec::new();
+        let mut denied = None;
+        for (i, target) in targets.iter().enumerate() {
+            let verdict = match self.gate.check(&ask.check(target)) {
+                Ok(v) => v,
+                Err(e) => {
+                    denied.get_or_insert(e);
+                    continue;
+                }
+            };
+            let last = i + 1 == targets.len();
+            let req = Request::from_parts(parts.clone(), ());
+            let resp = match self
+                .forward(route, raw_name, target, req.map(|()| None))
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) if mirrors && !last => {
+                    warn!(mirror = %target, error = %e, "mirror failed; trying the next source");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let status = resp.status();
+            let found = !matches!(
+                status,
+                StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) && !status.is_server_error();
+            if mirrors && (found || last) {
+                if found {
+                    self.record_provenance(route, target);
+                }
+                return Ok(with_warning(resp, verdict));
+            }
+            if mirrors {
+                continue;
+            }
+            if status.is_server_error() {
+                return Err(UpstreamError::Status {
+                    registry: target.registry.clone(),
+                    status,
+                }
+                .into());
+            }
+            if !found {
+                tried.push(target.to_string());
+                continue;
+            }
+            info!(name = %raw_name, resolved = %target, "short name resolved");
+            self.metrics
+                .resolutions
+                .with_label_values(&[&target.registry])
+                .inc();
+            self.resolver.remember(name, &target.registry);
+            self.record_provenance(route, target);
+            return Ok(with_warning(resp, verdict));
+        }
+        if let (Some(denial), true) = (denied, tried.is_empty()) {
+            return Err(denial);
+        }
+        Err(ProxyError::NotFound {
+            name: raw_name.to_owned(),
+            what: what(route),
+            tried: tried.join(", "),
+        })
+    }
+
+    pub(crate) fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+}

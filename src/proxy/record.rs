@@ -1,0 +1,48 @@
+//! Blob provenance, recorded as the pipeline sees blobs pass: private-push protection
+//! later asks the [`crate::provenance`] store whether a blob was only ever seen in private
+//! registries. Recording is best effort: a failure is logged, never fails the request.
+
+use tracing::warn;
+
+use crate::provenance::Seen;
+use crate::resolve::Target;
+use crate::route::Route;
+
+use super::Proxy;
+
+impl Proxy {
+    /// Remember where a blob was seen: private-push protection asks whether a blob was
+    /// only ever seen in private registries.
+    pub(super) fn record_provenance(&self, route: &Route, target: &Target) {
+        let Some(store) = &self.provenance else {
+            return;
+        };
+        let digest = match route {
+            Route::Blob { digest, .. } => digest.as_str(),
+            _ => return,
+        };
+        let seen = if self.gate.policy().is_public(&target.registry) {
+            Seen::Public
+        } else {
+            Seen::Private
+        };
+        if let Err(e) = store.record(digest, seen) {
+            warn!(error = %e, "cannot record blob provenance");
+        }
+    }
+
+    /// A blob pushed (or mounted) through portcullis was seen in its destination.
+    pub(super) fn record_pushed(&self, digest: &str, target: &Target) {
+        let Some(store) = &self.provenance else {
+            return;
+        };
+        let seen = if self.gate.policy().is_public(&target.registry) {
+            Seen::Public
+        } else {
+            Seen::Private
+        };
+        if let Err(e) = store.record(digest, seen) {
+            warn!(error = %e, "cannot record blob provenance");
+        }
+    }
+}

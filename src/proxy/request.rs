@@ -1,0 +1,108 @@
+//! What a request asks for, read off its route, method and headers: the policy's operation,
+//! the tag or digest it names, the client's user name. Pure functions, so the pipeline in
+//! [`super`] reads as decisions rather than pattern matches.
+
+use http::{header, HeaderMap, Method};
+
+use crate::error::ProxyError;
+use crate::policy::Operation;
+use crate::reference::Reference;
+use crate::route::Route;
+
+/// The policy's operation for a request.
+pub(super) fn policy_operation(route: &Route, method: &Method) -> Operation {
+    match route {
+        _ if *method == Method::DELETE && !matches!(route, Route::Upload { .. }) => {
+            Operation::Delete
+        }
+        Route::Upload { .. } | Route::UploadStart { .. } => Operation::Push,
+        Route::Tags { .. } | Route::Catalog => Operation::List,
+        Route::V1Search | Route::V1Ping => Operation::Search,
+        _ if matches!(*method, Method::GET | Method::HEAD) => Operation::Pull,
+        _ => Operation::Push,
+    }
+}
+
+pub(super) fn route_tag(route: &Route) -> Option<&str> {
+    match route {
+        Route::Manifest {
+            reference: Reference::Tag(t),
+            ..
+        } => Some(t),
+        _ => None,
+    }
+}
+
+pub(super) fn route_digest(route: &Route) -> Option<&str> {
+    match route {
+        Route::Manifest {
+            reference: Reference::Digest(d),
+            ..
+        }
+        | Route::Blob { digest: d, .. }
+        | Route::Referrers { digest: d, .. } => Some(d.as_str()),
+        _ => None,
+    }
+}
+
+pub(super) fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The user name of a client's Basic credentials, for the audit trail (never the password).
+pub(super) fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?;
+    match crate::upstream::auth::Identity::from_client_basic(value)? {
+        crate::upstream::auth::Identity::Client { username, .. } => Some(username),
+        _ => None,
+    }
+}
+
+/// Blobs and manifests by digest of a short name come from the registry that served the
+/// pull's tag, without searching again.
+pub(super) fn content_addressed(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::Blob { .. }
+            | Route::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
+    )
+}
+
+/// The operation a request performs, for logs, metrics and (later) policy.
+pub(super) fn operation(route: Option<&Route>, method: &Method) -> &'static str {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match route {
+        None => "invalid",
+        Some(Route::Base) => "ping",
+        Some(Route::Catalog | Route::Tags { .. }) => "list",
+        Some(Route::V1Ping | Route::V1Search) => "search",
+        Some(_) if *method == Method::DELETE => "delete",
+        Some(Route::Upload { .. } | Route::UploadStart { .. }) => "push",
+        Some(_) if read => "pull",
+        Some(_) => "push",
+    }
+}
+
+pub(super) fn what(route: &Route) -> &'static str {
+    match route {
+        Route::Manifest { .. } => "manifest",
+        Route::Blob { .. } => "blob",
+        _ => "repository",
+    }
+}
+
+pub(super) fn check_method(route: &Route, method: &Method) -> Result<(), ProxyError> {
+    if route.allows(method) {
+        Ok(())
+    } else {
+        Err(ProxyError::MethodNotAllowed {
+            method: method.to_string(),
+            route: route.kind(),
+        })
+    }
+}
