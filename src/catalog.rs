@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
-use crate::upstream::{read_limited, Outgoing, UpstreamError, Upstreams};
+use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError, Upstreams};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -19,6 +19,59 @@ const MAX_CATALOG_RESPONSE: usize = 16 * 1024 * 1024;
 struct CatalogPage {
     #[serde(default)]
     repositories: Vec<String>,
+}
+
+/// One page of a registry's catalog.
+pub struct Page {
+    pub repositories: Vec<String>,
+    /// The registry said more follow (a `Link` header).
+    pub more: bool,
+}
+
+/// Fetch one catalog page, `n` names after `last`. `None` when the registry does not let
+/// portcullis list (401, 403, 404): what may not be listed is simply not shown.
+pub async fn fetch_page(
+    upstream: &Upstream,
+    n: usize,
+    last: Option<&str>,
+    authorization: Option<&HeaderValue>,
+) -> Result<Option<Page>, UpstreamError> {
+    let mut pq = format!("/v2/_catalog?n={n}");
+    if let Some(l) = last {
+        pq.push_str("&last=");
+        pq.extend(form_urlencoded::byte_serialize(l.as_bytes()));
+    }
+    let out = Outgoing {
+        method: Method::GET,
+        path_and_query: pq,
+        headers: HeaderMap::new(),
+        body: empty(),
+        replayable: true,
+        scopes: vec!["registry:catalog:*".to_owned()],
+        identity: upstream.identity_for(authorization),
+    };
+    let resp = upstream.send(out).await?;
+    let status = resp.status();
+    if matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+    ) {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(UpstreamError::Status {
+            registry: upstream.host().to_owned(),
+            status,
+        });
+    }
+    let more = resp.headers().contains_key(header::LINK);
+    let body = read_limited(resp.into_body(), MAX_CATALOG_RESPONSE, upstream.host()).await?;
+    let page: CatalogPage = serde_json::from_slice(&body)
+        .map_err(|e| upstream.protocol_error(format!("catalog: {e}")))?;
+    Ok(Some(Page {
+        repositories: page.repositories,
+        more,
+    }))
 }
 
 pub async fn serve(
@@ -53,43 +106,18 @@ pub async fn serve(
                 more = true;
                 break 'registries;
             }
-            let mut pq = format!("/v2/_catalog?n={}", n - names.len());
-            if let Some(l) = upstream_last.take() {
-                pq.push_str("&last=");
-                pq.extend(form_urlencoded::byte_serialize(l.as_bytes()));
-            }
-            let out = Outgoing {
-                method: Method::GET,
-                path_and_query: pq,
-                headers: HeaderMap::new(),
-                body: empty(),
-                replayable: true,
-                scopes: vec!["registry:catalog:*".to_owned()],
-                identity: upstream.identity_for(req.headers().get(header::AUTHORIZATION)),
-            };
-            let resp = upstream.send(out).await?;
-            let status = resp.status();
-            if matches!(
-                status,
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
-            ) {
-                // What portcullis may not list is simply not shown.
+            let authorization = req.headers().get(header::AUTHORIZATION);
+            let Some(page) = fetch_page(
+                upstream,
+                n - names.len(),
+                upstream_last.take().as_deref(),
+                authorization,
+            )
+            .await?
+            else {
                 continue 'registries;
-            }
-            if !status.is_success() {
-                return Err(UpstreamError::Status {
-                    registry: registry.clone(),
-                    status,
-                }
-                .into());
-            }
-            let has_next = resp.headers().contains_key(header::LINK);
-            let body = read_limited(resp.into_body(), MAX_CATALOG_RESPONSE, registry).await?;
-            let page: CatalogPage =
-                serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
-                    registry: registry.clone(),
-                    message: format!("catalog: {e}"),
-                })?;
+            };
+            let has_next = page.more;
             let got = page.repositories.len();
             upstream_last = page.repositories.last().cloned();
             names.extend(

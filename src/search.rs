@@ -12,18 +12,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::body::{empty, full, ProxyBody};
+use crate::body::{full, ProxyBody};
 use crate::config::SearchMode;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::policy::Operation;
 use crate::reference::DOCKER_HUB;
-use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError, Upstreams};
+use crate::upstream::{read_limited, Upstream, UpstreamError, Upstreams};
 
 const DEFAULT_LIMIT: usize = 25;
 const MAX_LIMIT: usize = 100;
@@ -63,12 +63,6 @@ struct SearchResponse {
 struct V1Response {
     #[serde(default)]
     results: Vec<SearchResult>,
-}
-
-#[derive(Deserialize)]
-struct CatalogPage {
-    #[serde(default)]
-    repositories: Vec<String>,
 }
 
 pub struct Search {
@@ -297,40 +291,17 @@ impl Search {
                 let mut all = Vec::new();
                 let mut last: Option<String> = None;
                 loop {
-                    let mut pq = format!("/v2/_catalog?n={CATALOG_PAGE}");
-                    if let Some(l) = &last {
-                        pq.push_str("&last=");
-                        pq.extend(form_urlencoded::byte_serialize(l.as_bytes()));
-                    }
-                    let out = Outgoing {
-                        method: Method::GET,
-                        path_and_query: pq,
-                        headers: HeaderMap::new(),
-                        body: empty(),
-                        replayable: true,
-                        scopes: vec!["registry:catalog:*".to_owned()],
-                        identity: upstream.identity_for(authorization),
-                    };
-                    let resp = upstream.send(out).await?;
-                    let status = resp.status();
-                    if matches!(
-                        status,
-                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
-                    ) {
-                        // What portcullis may not list is not shown.
+                    let Some(page) = crate::catalog::fetch_page(
+                        upstream,
+                        CATALOG_PAGE,
+                        last.as_deref(),
+                        authorization,
+                    )
+                    .await?
+                    else {
                         return Ok(Arc::new(Vec::new()));
-                    }
-                    if !status.is_success() {
-                        return Err(UpstreamError::Status {
-                            registry: upstream.host().to_owned(),
-                            status,
-                        });
-                    }
-                    let more = resp.headers().contains_key(header::LINK);
-                    let body =
-                        read_limited(resp.into_body(), MAX_RESPONSE, upstream.host()).await?;
-                    let page: CatalogPage = serde_json::from_slice(&body)
-                        .map_err(|e| upstream.protocol_error(format!("catalog: {e}")))?;
+                    };
+                    let more = page.more;
                     let got = page.repositories.len();
                     last = page.repositories.last().cloned();
                     all.extend(page.repositories);
