@@ -282,7 +282,7 @@ def targets(samples):
 
     def ratio(key, den, minimum, label):
         r = median_ratio(samples, key, "portcullis", den)
-        out.append((label, None if r is None else f"{r:.2f}x", r is not None and r >= minimum))
+        out.append((label, None if r is None else f"{r:.3f}x", r is not None and r >= minimum))
 
     for key, what in (("blob_1", "1 stream"), ("blob_8", "8 streams")):
         ratio(key, "nginx", 1.0, f"blob download {what} >= 1.0x nginx")
@@ -293,6 +293,9 @@ def targets(samples):
         if ceiling is not None:
             out.append((f"  (CPU/GB of direct over CPU/GB via portcullis, {what})",
                         f"{ceiling:.2f}x", None))
+    for key, what in (("upload_mono", "monolithic"), ("upload_chunked", "chunked")):
+        ratio(key, "nginx", 1.0, f"blob upload {what} >= 1.0x nginx")
+        ratio(key, "direct", 0.9, f"blob upload {what} >= 0.9x direct")
     for kind in ("get_tag", "get_digest", "head_tag"):
         for c in (32, 256):
             ratio(f"{kind}_c{c}_rps", "nginx", 1.0, f"{kind} req/s at {c} conns >= 1.0x nginx")

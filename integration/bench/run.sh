@@ -417,10 +417,14 @@ main() {
     for r in $(seq "$rounds"); do round "$r"; done
 
     mkdir -p "$here/results"
-    local out
-    out="$here/results/$(date -u +%Y-%m-%dT%H%M%SZ)$([ "$quick" = 1 ] && echo -quick).json"
+    local out suffix=""
+    if [ "$quick" = 1 ]; then suffix=-quick; fi
+    out="$here/results/$(date -u +%Y-%m-%dT%H%M%SZ)$suffix.json"
     meta >"$work/meta.json"
-    py report "$work/samples.jsonl" "$work/meta.json" "$out"
+    py report "$work/samples.jsonl" "$work/meta.json" "$out" || {
+        cp "$work/samples.jsonl" "${out%.json}.samples.jsonl"
+        die "no report; the samples are in ${out%.json}.samples.jsonl"
+    }
     log "wrote $out (${SECONDS}s)"
 }
 

@@ -48,7 +48,10 @@ fn parse_args() -> Args {
     let mut method = Method::GET;
     let mut headers = Vec::new();
     while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+        };
         let number = |s: String| s.parse::<f64>().unwrap_or_else(|_| usage(&format!("{s}?")));
         match arg.as_str() {
             "--cacert" => cacert = Some(value()),
@@ -61,7 +64,9 @@ fn parse_args() -> Args {
             }
             "--header" => {
                 let h = value();
-                let (k, v) = h.split_once(':').unwrap_or_else(|| usage("--header 'Name: value'"));
+                let (k, v) = h
+                    .split_once(':')
+                    .unwrap_or_else(|| usage("--header 'Name: value'"));
                 let k = HeaderName::try_from(k.trim()).unwrap_or_else(|_| usage("header name"));
                 let v = HeaderValue::try_from(v.trim()).unwrap_or_else(|_| usage("header value"));
                 headers.push((k, v));
@@ -75,7 +80,9 @@ fn parse_args() -> Args {
     Args {
         url: url.unwrap_or_else(|| usage("URL missing")),
         cacert: cacert.unwrap_or_else(|| usage("--cacert missing")),
-        connections: connections.filter(|&c| c > 0).unwrap_or_else(|| usage("--connections")),
+        connections: connections
+            .filter(|&c| c > 0)
+            .unwrap_or_else(|| usage("--connections")),
         threads: threads.max(1),
         duration: Duration::from_secs_f64(duration),
         warmup: Duration::from_secs_f64(warmup),
@@ -98,10 +105,19 @@ struct Tally {
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>;
 
-async fn connect(tls: &TlsConnector, addr: SocketAddr, name: &ServerName<'static>) -> Result<Sender, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+async fn connect(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    name: &ServerName<'static>,
+) -> Result<Sender, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let stream = tls.connect(name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+    let stream = tls
+        .connect(name.clone(), tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP handshake: {e}"))?;
@@ -128,8 +144,18 @@ async fn client(shared: Arc<Shared>, mut go: watch::Receiver<bool>) -> Tally {
     let _ = go.wait_for(|&go| go).await;
     let record_from = Instant::now() + shared.args.warmup;
     let until = record_from + shared.args.duration;
-    let path = shared.args.url.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let authority = shared.args.url.authority().map(|a| a.as_str()).unwrap_or_default();
+    let path = shared
+        .args
+        .url
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let authority = shared
+        .args
+        .url
+        .authority()
+        .map(|a| a.as_str())
+        .unwrap_or_default();
     while Instant::now() < until {
         let s = match &mut sender {
             Ok(s) => s,
@@ -152,9 +178,15 @@ async fn client(shared: Arc<Shared>, mut go: watch::Receiver<bool>) -> Tally {
         let req = req.body(Empty::new()).expect("a valid request");
         let sent = Instant::now();
         let result = async {
-            let resp = s.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            let resp = s
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?;
             let status = resp.status();
-            resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
             Ok::<_, String>(status)
         }
         .await;
@@ -162,7 +194,9 @@ async fn client(shared: Arc<Shared>, mut go: watch::Receiver<bool>) -> Tally {
         tally.completed += u64::from(result.is_ok());
         match result {
             Ok(status) if record_from <= done && done <= until => {
-                tally.latencies_us.push((done - sent).as_micros().min(u32::MAX as u128) as u32);
+                tally
+                    .latencies_us
+                    .push((done - sent).as_micros().min(u32::MAX as u128) as u32);
                 if !status.is_success() {
                     tally.non_2xx += 1;
                 }
@@ -187,7 +221,9 @@ fn tls_connector(cacert: &str) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         let cert = cert.unwrap_or_else(|e| usage(&format!("{cacert}: {e}")));
-        roots.add(cert).unwrap_or_else(|e| usage(&format!("{cacert}: {e}")));
+        roots
+            .add(cert)
+            .unwrap_or_else(|e| usage(&format!("{cacert}: {e}")));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -204,7 +240,11 @@ fn main() {
     if args.url.scheme_str() != Some("https") {
         usage("only https:// URLs");
     }
-    let host = args.url.host().unwrap_or_else(|| usage("URL without host")).to_owned();
+    let host = args
+        .url
+        .host()
+        .unwrap_or_else(|| usage("URL without host"))
+        .to_owned();
     let port = args.url.port_u16().unwrap_or(443);
     let host_ip = host.trim_start_matches('[').trim_end_matches(']');
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host_ip, port))
@@ -238,13 +278,19 @@ fn main() {
         (tallies, shared.args.duration)
     });
 
-    let mut all: Vec<u32> = tallies.iter().flat_map(|t| t.latencies_us.iter().copied()).collect();
+    let mut all: Vec<u32> = tallies
+        .iter()
+        .flat_map(|t| t.latencies_us.iter().copied())
+        .collect();
     all.sort_unstable();
     let non_2xx: u64 = tallies.iter().map(|t| t.non_2xx).sum();
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
     let reconnects: u64 = tallies.iter().map(|t| t.reconnects).sum();
     let completed: u64 = tallies.iter().map(|t| t.completed).sum();
-    let last_error = tallies.iter().find_map(|t| t.last_error.clone()).unwrap_or_default();
+    let last_error = tallies
+        .iter()
+        .find_map(|t| t.last_error.clone())
+        .unwrap_or_default();
     println!(
         "{{\"requests\": {}, \"rps\": {:.1}, \"p50_ms\": {:.3}, \"p99_ms\": {:.3}, \"max_ms\": {:.3}, \
          \"completed\": {completed}, \"non_2xx\": {non_2xx}, \"errors\": {errors}, \
