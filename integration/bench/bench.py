@@ -4,9 +4,10 @@
 Subcommands (each prints what run.sh needs, and exits non-zero on anything unexpected):
 
   ports N                      N free TCP ports on 127.0.0.1
-  seed BASE CA DIR BLOB UPLOAD write DIR/seed.json: push BLOB, UPLOAD (pre-seeded so every
-                               measured upload ends the same way), small blobs, a config and
-                               an OCI manifest tagged v1 to BASE (the registry itself)
+  seed BASE CA DIR BLOB UPLOAD push BLOB, UPLOAD (pre-seeded so every measured upload ends
+                               the same way), small blobs, a config and an OCI manifest tagged
+                               v1 to BASE (the registry itself); write DIR/manifest.json and
+                               DIR/seed.json; print the manifest, blob and upload digests
   upload BASE CA REPO FILE DIGEST MODE [CHUNK]
                                one timed upload (MODE mono|chunked); prints MB/s
   load OUTPUT                  req/s, p50 ms, p99 ms, requests answered of one loadgen run;
@@ -220,36 +221,35 @@ def cmd_load(path):
 
 PATHS = ("direct", "nginx", "portcullis")
 
-# (key, label, unit, higher is better)
+# (key, label, unit); for latency, memory and CPU lower is better
 ROWS = [
-    ("blob_1", "blob download, 1 stream", "MB/s", True),
-    ("blob_8", "blob download, 8 streams", "MB/s", True),
-    ("blob_64", "blob download, 64 streams", "MB/s", True),
-    ("upload_mono", "blob upload, monolithic", "MB/s", True),
-    ("upload_chunked", "blob upload, chunked", "MB/s", True),
+    ("blob_1", "blob download, 1 stream", "MB/s"),
+    ("blob_8", "blob download, 8 streams", "MB/s"),
+    ("blob_64", "blob download, 64 streams", "MB/s"),
+    ("upload_mono", "blob upload, monolithic", "MB/s"),
+    ("upload_chunked", "blob upload, chunked", "MB/s"),
 ]
 for _kind, _label in (("get_tag", "GET manifest by tag"), ("get_digest", "GET manifest by digest"),
                       ("head_tag", "HEAD manifest by tag")):
     for _c in (32, 256):
-        ROWS += [(f"{_kind}_c{_c}_rps", f"{_label}, {_c} conns", "req/s", True),
-                 (f"{_kind}_c{_c}_p50", "  p50", "ms", False),
-                 (f"{_kind}_c{_c}_p99", "  p99", "ms", False)]
-ROWS += [("rss_c256", "peak RSS, 256-conn manifest runs", "MiB", False),
-         ("rss_blob_64", "peak RSS, 64 blob streams", "MiB", False),
+        ROWS += [(f"{_kind}_c{_c}_rps", f"{_label}, {_c} conns", "req/s"),
+                 (f"{_kind}_c{_c}_p50", "  p50", "ms"),
+                 (f"{_kind}_c{_c}_p99", "  p99", "ms")]
+ROWS += [("rss_c256", "peak RSS, 256-conn manifest runs", "MiB"),
+         ("rss_blob_64", "peak RSS, 64 blob streams", "MiB"),
          # What the figures cost: CPU (user + system) of the proxy and of the registry.
-         ("blob_1_cpu_proxy", "proxy CPU, blob 1 stream", "s/GB", False),
-         ("blob_1_cpu_total", "all CPU (registry+proxy+curl), 1 stream", "s/GB", False),
-         ("blob_8_cpu_proxy", "proxy CPU, blob 8 streams", "s/GB", False),
-         ("blob_8_cpu_registry", "registry CPU, blob 8 streams", "s/GB", False),
-         ("blob_8_cpu_client", "curl CPU, blob 8 streams", "s/GB", False),
-         ("blob_8_cpu_total", "all CPU (registry+proxy+curl), 8 streams", "s/GB", False),
-         ("upload_mono_cpu_proxy", "proxy CPU, upload monolithic", "s/GB", False),
-         ("get_tag_c32_cpu_proxy", "proxy CPU, GET by tag, 32 conns", "us/req", False),
-         ("get_tag_c32_cpu_registry", "registry CPU, GET by tag, 32 conns", "us/req", False),
-         ("get_digest_c32_cpu_proxy", "proxy CPU, GET by digest, 32 conns", "us/req", False),
-         ("head_tag_c256_cpu_proxy", "proxy CPU, HEAD by tag, 256 conns", "us/req", False),
-         ("head_tag_c256_cpu_registry", "registry CPU, HEAD by tag, 256 conns", "us/req",
-          False)]
+         ("blob_1_cpu_proxy", "proxy CPU, blob 1 stream", "s/GB"),
+         ("blob_1_cpu_total", "all CPU (registry+proxy+curl), 1 stream", "s/GB"),
+         ("blob_8_cpu_proxy", "proxy CPU, blob 8 streams", "s/GB"),
+         ("blob_8_cpu_registry", "registry CPU, blob 8 streams", "s/GB"),
+         ("blob_8_cpu_client", "curl CPU, blob 8 streams", "s/GB"),
+         ("blob_8_cpu_total", "all CPU (registry+proxy+curl), 8 streams", "s/GB"),
+         ("upload_mono_cpu_proxy", "proxy CPU, upload monolithic", "s/GB"),
+         ("get_tag_c32_cpu_proxy", "proxy CPU, GET by tag, 32 conns", "us/req"),
+         ("get_tag_c32_cpu_registry", "registry CPU, GET by tag, 32 conns", "us/req"),
+         ("get_digest_c32_cpu_proxy", "proxy CPU, GET by digest, 32 conns", "us/req"),
+         ("head_tag_c256_cpu_proxy", "proxy CPU, HEAD by tag, 256 conns", "us/req"),
+         ("head_tag_c256_cpu_registry", "registry CPU, HEAD by tag, 256 conns", "us/req")]
 
 
 def median_ratio(samples, key, num, den):
@@ -333,7 +333,7 @@ def cmd_report(samples_path, meta_path, out_path):
     table = []
     lines = [f"{'metric':<42}{'unit':>6}{'direct':>10}{'nginx':>10}{'portcullis':>12}"
              f"{'p/direct':>10}{'p/nginx':>9}"]
-    for key, label, unit, _higher in ROWS:
+    for key, label, unit in ROWS:
         med = {p: statistics.median(samples[(key, p)].values()) if (key, p) in samples else None
                for p in PATHS}
         if all(v is None for v in med.values()):

@@ -183,17 +183,27 @@ async fn client(shared: Arc<Shared>, mut go: watch::Receiver<bool>) -> Tally {
                 .await
                 .map_err(|e| format!("request: {e}"))?;
             let status = resp.status();
+            // A server may end a keep-alive connection (nginx after keepalive_requests):
+            // like wrk, open a new one, which is not an error.
+            let closing = resp
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
             resp.into_body()
                 .collect()
                 .await
                 .map_err(|e| format!("body: {e}"))?;
-            Ok::<_, String>(status)
+            Ok::<_, String>((status, closing))
         }
         .await;
         let done = Instant::now();
         tally.completed += u64::from(result.is_ok());
+        if let Ok((_, true)) = result {
+            tally.reconnects += 1;
+            sender = connect(&shared.tls, shared.addr, &shared.name).await;
+        }
         match result {
-            Ok(status) if record_from <= done && done <= until => {
+            Ok((status, _)) if record_from <= done && done <= until => {
                 tally
                     .latencies_us
                     .push((done - sent).as_micros().min(u32::MAX as u128) as u32);
