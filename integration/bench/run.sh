@@ -142,6 +142,19 @@ start_servers() {
     wait_ready nginx "$nginx_pid" "https://127.0.0.1:$nginx_port/v2/" "$work/certs/ca.crt"
 
     mkdir -p "$work/portcullis"
+    # A realistic policy: a few hundred rules (repository prefixes, regexes, tags, digests)
+    # that the benchmark's content does not match, so every request pays for a full decision.
+    {
+        echo 'public_registries = ["docker.io", "quay.io", "ghcr.io"]'
+        for i in $(seq 1 100); do
+            printf '[[rule]]\nid = "prefix-%d"\nmessage = "blocked"\naction = "deny"\nrepository = "blocked%d/"\n' "$i" "$i"
+            printf '[[rule]]\nid = "regex-%d"\nmessage = "internal"\naction = "deny"\nrepository = "regex:^team%d/.*-internal$"\n' "$i" "$i"
+        done
+        for i in $(seq 1 50); do
+            printf '[[rule]]\nid = "tag-%d"\nmessage = "bad tag"\naction = "deny"\nregistry = "bench.local"\ntag = "^bad-%d$"\n' "$i" "$i"
+            printf '[[rule]]\nid = "digest-%d"\nmessage = "known bad"\naction = "deny"\ndigest = "sha256:%064x"\n' "$i" "$i"
+        done
+    } >"$work/portcullis/policy.toml"
     cat >"$work/portcullis/config.toml" <<EOF
 state_dir = "$work/portcullis/state"
 
@@ -154,6 +167,9 @@ push = "bench.local"
 
 [cache]
 manifest_bytes = 67108864
+
+[policy]
+paths = ["$work/portcullis/policy.toml"]
 
 [[registry]]
 host = "bench.local"

@@ -139,7 +139,9 @@ impl Upstream {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.idle_timeout)
-            .pool_max_idle_per_host(64)
+            // As many idle connections as clients may want at once: a pool smaller than the
+            // client's concurrency reopens TLS connections to the registry under load.
+            .pool_max_idle_per_host(1024)
             .build(connector);
         Ok(Upstream {
             config,
