@@ -10,4 +10,5 @@ mod harness;
 mod core;
 mod forward;
 mod harness_selftest;
+mod ops;
 mod search;
