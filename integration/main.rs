@@ -12,5 +12,6 @@ mod cli;
 mod core;
 mod forward;
 mod harness_selftest;
+mod ops;
 mod policy;
 mod search;

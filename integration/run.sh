@@ -5,8 +5,10 @@
 #   integration/run.sh -- --include-ignored     # also the scenarios that need the proxy
 #   integration/run.sh --test integration core  # extra arguments go to `cargo test`
 #
-# 1. As root, installs the real clients and registries the tests drive (Debian packages).
-# 2. Checks formatting and lints, builds tests and binaries (online: may fetch crates).
+# 1. As root, installs the real clients and registries the tests drive (Debian packages),
+#    and the Python packages helm/test needs (PyPI, in a venv under the target directory).
+# 2. Checks formatting and lints, builds tests and binaries and the static release binary
+#    the image test packages (online: may fetch crates), and checks the Helm chart.
 # 3. Runs `cargo test --offline` inside a fresh network namespace with only loopback up,
 #    in a private mount namespace, so no test can reach anything but 127.0.0.0/8.
 # Exits non-zero on any failure.
@@ -33,6 +35,10 @@ declare -A needs=(
     [unshare]=util-linux
     [nsenter]=util-linux
     [curl]=curl
+    [prometheus]=prometheus
+    [promtool]=prometheus
+    [update-ca-certificates]=ca-certificates
+    [python3]=python3
 )
 missing=()
 for cmd in "${!needs[@]}"; do
@@ -46,10 +52,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -q --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
+# Helm's engine (helm-python-sdk) and the Kubernetes schemas for helm/test, in a venv.
+venv="${CARGO_TARGET_DIR:-target}/helm-test-venv"
+if ! cmp -s helm/test/requirements.txt "$venv/requirements.txt"; then
+    if ! python3 -m venv --clear "$venv"; then
+        apt-get update -q && apt-get install -y -q --no-install-recommends python3-venv
+        python3 -m venv --clear "$venv"
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check -r helm/test/requirements.txt
+    cp helm/test/requirements.txt "$venv/requirements.txt"
+fi
+
 # --- 2. static checks and build ---------------------------------------------------------
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo build --tests --bins
+helm/image/build.sh --binary-only
+PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" helm/test/check_chart.py --self-test \
+    --portcullis "${CARGO_TARGET_DIR:-target}/debug/portcullis"
 
 # --- 3. tests, loopback only ----------------------------------------------------------
 # Only this run's processes live in the new network namespace. Tests stop what they start

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod ca;
+pub mod container;
 pub mod dockerd;
 pub mod fault;
 pub mod http;
@@ -16,6 +17,7 @@ pub mod jail;
 pub mod net;
 pub mod portcullis;
 pub mod process;
+pub mod prometheus;
 pub mod proxy_config;
 pub mod redirect;
 pub mod registry;

@@ -155,7 +155,10 @@ impl Proxy {
         inbound: Inbound,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let in_flight = self.metrics.in_flight.with_label_values(&["registry"]);
+        let in_flight = self
+            .metrics
+            .in_flight
+            .with_label_values(&[inbound.listener]);
         in_flight.inc();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
