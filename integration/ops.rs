@@ -141,7 +141,26 @@ fn prometheus_sees_pushes_pulls_and_denials_counted_exactly() {
         let status = request(&proxy, method, "/v2/evil.example.net/x/manifests/latest");
         assert_eq!(status, 403, "{method} of an unconfigured registry");
     }
+    // A policy reload (SIGHUP) counts as one good reload and a new generation.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let reloaded = std::time::Instant::now();
+    while !metrics(&proxy).contains("portcullis_policy_generation 2") {
+        assert!(
+            reloaded.elapsed() < std::time::Duration::from_secs(2),
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     prometheus.scraped_after_now();
+    assert_eq!(
+        prometheus.count(r#"portcullis_policy_reloads_total{result="ok"}"#),
+        2.0
+    );
+    assert_eq!(prometheus.count("portcullis_policy_generation"), 2.0);
 
     assert_eq!(
         prometheus.count(pulls_query) - pulls,
@@ -201,10 +220,22 @@ fn every_dashboard_query_names_live_metrics_and_returns_data_and_promtool_accept
         &format!("https://127.0.0.1:{closed_port}"),
         corp.ca_file(),
     );
-    let proxy = proxy_for(&corp, &[down]);
+    let proxy = Portcullis::start(
+        &ProxyConfig::new()
+            .search(&["corp.example.com", "down.example.com"])
+            .push("corp.example.com")
+            .registry(Upstream::new("corp.example.com", &corp))
+            .registry(down)
+            .toml(),
+    );
     let prometheus = Prometheus::start("portcullis", &[admin(&proxy)]);
 
     // Traffic that gives every family on the dashboard a series.
+    assert_eq!(
+        request(&proxy, "GET", "/v1/search?q=app"),
+        200,
+        "search answers without the registry that is down"
+    );
     assert_eq!(request(&proxy, "GET", "/v2/team/app/manifests/1"), 200);
     let digest = https(&proxy.ca_file())
         .header("Accept", MANIFEST_MEDIA_TYPE)
