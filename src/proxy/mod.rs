@@ -145,7 +145,22 @@ impl Proxy {
         peer: SocketAddr,
         inbound: Inbound,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>> {
-        Box::pin(async move { self.handle_inner(req, peer, inbound).await })
+        // One span per request: everything logged while it is handled (upstream failures,
+        // policy decisions) carries the request's fields, filled in as they become known.
+        let span = tracing::info_span!(
+            "request",
+            %peer,
+            method = %req.method(),
+            listener = inbound.listener,
+            route = tracing::field::Empty,
+            reference = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        Box::pin(tracing::Instrument::instrument(
+            async move { self.handle_inner(req, peer, inbound).await },
+            span,
+        ))
     }
 
     async fn handle_inner(
@@ -164,6 +179,8 @@ impl Proxy {
         let path = req.uri().path().to_owned();
         let route = route::parse(&path);
         let operation = operation(route.as_ref().ok(), &method);
+        let span = tracing::Span::current();
+        span.record("route", route.as_ref().map_or("invalid", |r| r.kind()));
         let resp = match route {
             Ok(route) => self.dispatch(route, req, &inbound, peer).await,
             Err(e) => Err(e.into()),
@@ -192,6 +209,9 @@ impl Proxy {
             .registry_label(resolved.split_once('/').map(|(r, _)| r));
         let status = resp.status().as_u16();
         let elapsed = started.elapsed();
+        span.record("reference", resolved);
+        span.record("decision", decision);
+        span.record("status", status);
         self.metrics
             .requests
             .with_label_values(&[operation, registry, decision, status_class(status)])
