@@ -477,39 +477,24 @@ impl Checker<'_> {
             }
         }
 
+        let mut configured = |s: Spanned<String>, key: &str| {
+            let host = normalize_registry(s.get_ref());
+            if registries.contains_key(&host) {
+                return Some(host);
+            }
+            let message = format!("{:?} is not a configured [[registry]]", s.get_ref());
+            self.problem(Some(s.span()), key, message);
+            None
+        };
         let search = match raw.resolve.search {
             None => vec![DOCKER_HUB.to_owned()],
             Some(list) => list
                 .into_inner()
                 .into_iter()
-                .filter_map(|s| {
-                    let host = normalize_registry(s.get_ref());
-                    if registries.contains_key(&host) {
-                        Some(host)
-                    } else {
-                        self.problem(
-                            Some(s.span()),
-                            "resolve.search",
-                            format!("{:?} is not a configured [[registry]]", s.get_ref()),
-                        );
-                        None
-                    }
-                })
+                .filter_map(|s| configured(s, "resolve.search"))
                 .collect(),
         };
-        let push = raw.resolve.push.and_then(|s| {
-            let host = normalize_registry(s.get_ref());
-            if registries.contains_key(&host) {
-                Some(host)
-            } else {
-                self.problem(
-                    Some(s.span()),
-                    "resolve.push",
-                    format!("{:?} is not a configured [[registry]]", s.get_ref()),
-                );
-                None
-            }
-        });
+        let push = raw.resolve.push.and_then(|s| configured(s, "resolve.push"));
 
         let mut aliases = HashMap::new();
         for (short, target) in raw.aliases {
