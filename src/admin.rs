@@ -93,12 +93,8 @@ fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
+        let Some((tcp, peer)) = crate::listener::accept(&listener, &mut shutdown).await else {
+            return;
         };
         let admin = admin.clone();
         tokio::spawn(async move {

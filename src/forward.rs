@@ -285,16 +285,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
+        let Some((tcp, peer)) = crate::listener::accept(&listener, &mut shutdown).await else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let forward = forward.clone();

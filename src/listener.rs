@@ -154,17 +154,8 @@ pub async fn serve_registry(
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+        let Some((tcp, peer)) = accept(&listener, &mut shutdown).await else {
+            break;
         };
         let Some(permit) = http.slot() else {
             warn!(%peer, "connection limit reached; closing new connection");
@@ -209,6 +200,26 @@ pub async fn drain(graceful: GracefulShutdown, timeout: Duration) {
     tokio::select! {
         _ = graceful.shutdown() => info!("all connections drained"),
         _ = tokio::time::sleep(timeout) => warn!("drain timed out; closing remaining connections"),
+    }
+}
+
+/// The next connection, or `None` once `shutdown` changes. Accept errors (usually EMFILE)
+/// back off briefly instead of spinning.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
     }
 }
 
