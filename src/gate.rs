@@ -230,12 +230,16 @@ impl Gate {
     /// Apply a decision (also used for content-based push decisions).
     pub fn enforce(&self, d: Decision, c: &Check) -> Result<Verdict, ProxyError> {
         let rule = d.rule_id.as_deref().unwrap_or("default");
-        let reference = c.reference();
-        let (action, result) = match d.action {
+        // Allowing is the common case: count it and go, without formatting anything.
+        let reference = match d.action {
             Action::Allow => {
                 self.count(Action::Allow, rule);
                 return Ok(Verdict::Allow);
             }
+            _ => c.reference(),
+        };
+        let (action, result) = match d.action {
+            Action::Allow => ("allow", Ok(Verdict::Allow)),
             Action::Warn => ("warn", Ok(Verdict::Warn(format!("{reference}: {} (rule {rule})", d.message)))),
             Action::Deny => ("deny", Err(ProxyError::Denied(format!("{reference}: denied by rule {rule}: {}", d.message)))),
             Action::Confirm if self.confirmed(c) => ("confirmed", Ok(Verdict::Allow)),

@@ -75,12 +75,11 @@ impl Policy {
 
     fn default_decision(&self, s: &Subject) -> Decision {
         let (action, message) = match self.mode {
+            // Every allowed request takes this path: no formatting of the subject here.
             Mode::Blocklist => (
                 Action::Allow,
-                format!(
-                    "no rule matches {}; allowed (mode = \"blocklist\": what no rule denies is allowed)",
-                    describe(s)
-                ),
+                "no rule matches; allowed (mode = \"blocklist\": what no rule denies is allowed)"
+                    .to_owned(),
             ),
             Mode::Allowlist => (
                 Action::Deny,

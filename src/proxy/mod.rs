@@ -145,26 +145,24 @@ impl Proxy {
         peer: SocketAddr,
         inbound: Inbound,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>> {
-        // One span per request: everything logged while it is handled (upstream failures,
-        // policy decisions) carries the request's fields, filled in as they become known.
-        let span = tracing::info_span!(
+        // The closing `request` line (info) is the access log and carries everything about
+        // the request; the span (debug) adds the same context to what is logged inside it
+        // when debugging. An info span cost a tenth of the per-request CPU in callgrind,
+        // formatting every field twice.
+        let span = tracing::debug_span!(
             "request",
             %peer,
             method = %req.method(),
-            listener = inbound.listener,
-            route = tracing::field::Empty,
-            reference = tracing::field::Empty,
-            decision = tracing::field::Empty,
-            status = tracing::field::Empty,
+            path = req.uri().path(),
         );
         Box::pin(tracing::Instrument::instrument(
-            async move { self.handle_inner(req, peer, inbound).await },
+            self.handle_inner(req, peer, inbound),
             span,
         ))
     }
 
     async fn handle_inner(
-        &self,
+        self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
         inbound: Inbound,
@@ -179,8 +177,6 @@ impl Proxy {
         let path = req.uri().path().to_owned();
         let route = route::parse(&path);
         let operation = operation(route.as_ref().ok(), &method);
-        let span = tracing::Span::current();
-        span.record("route", route.as_ref().map_or("invalid", |r| r.kind()));
         let resp = match route {
             Ok(route) => self.dispatch(route, req, &inbound, peer).await,
             Err(e) => Err(e.into()),
@@ -189,7 +185,7 @@ impl Proxy {
             Ok(resp) => (resp, "allow"),
             Err(e) => {
                 if e.status().is_server_error() {
-                    warn!(%peer, %method, %path, error = %e, "request failed");
+                    warn!(%peer, %method, path = %path, error = %e, "request failed");
                 }
                 let decision = if e.status() == StatusCode::FORBIDDEN {
                     "deny"
@@ -209,9 +205,6 @@ impl Proxy {
             .registry_label(resolved.split_once('/').map(|(r, _)| r));
         let status = resp.status().as_u16();
         let elapsed = started.elapsed();
-        span.record("reference", resolved);
-        span.record("decision", decision);
-        span.record("status", status);
         self.metrics
             .requests
             .with_label_values(&[operation, registry, decision, status_class(status)])
@@ -220,7 +213,20 @@ impl Proxy {
             .request_duration
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
-        info!(%peer, %method, %path, %operation, %resolved, %decision, status, ms = elapsed.as_millis() as u64, "request");
+        // Display, not Debug: the path is a parsed URI path (no spaces or control
+        // characters) and the rest are portcullis's own words, so nothing needs escaping.
+        info!(
+            %peer,
+            %method,
+            path = %path,
+            listener = %inbound.listener,
+            operation = %operation,
+            resolved = %resolved,
+            decision = %decision,
+            status,
+            ms = elapsed.as_millis() as u64,
+            "request"
+        );
         in_flight.dec();
         let counter = self
             .metrics
@@ -238,7 +244,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match route {
             Route::Base => Ok(self.base(&req)),
-            Route::Catalog => self.catalog(&req, inbound).await,
+            Route::Catalog => Box::pin(self.catalog(&req, inbound)).await,
             Route::V1Ping => Ok(crate::search::ping()),
             Route::V1Search => {
                 let policy = self.gate.policy();
@@ -253,9 +259,10 @@ impl Proxy {
                     };
                     policy.evaluate(&subject).action.permits()
                 };
-                self.search
-                    .serve(&registries, &self.upstreams, &self.metrics, &req, &visible)
-                    .await
+                let search =
+                    self.search
+                        .serve(&registries, &self.upstreams, &self.metrics, &req, &visible);
+                Box::pin(search).await
             }
             _ => self.repository(route, req, inbound, peer).await,
         }
@@ -337,7 +344,8 @@ impl Proxy {
             Plan::One(target) => {
                 let verdict = self.gate.check(&ask.check(&target))?;
                 if ask.op == Operation::Push {
-                    let req = match self.staged(&route, &raw_name, &target, &ask, req).await? {
+                    let staged = self.staged(&route, &raw_name, &target, &ask, req);
+                    let req = match Box::pin(staged).await? {
                         Ok(resp) => return Ok(with_warning(resp, verdict)),
                         Err(req) => req,
                     };
@@ -348,7 +356,7 @@ impl Proxy {
                         (Route::UploadStart { .. }, _) => query_value(req.uri().query(), "mount"),
                         _ => None,
                     };
-                    let resp = self.forward(&route, &raw_name, &target, req).await?;
+                    let resp = Box::pin(self.forward(&route, &raw_name, &target, req)).await?;
                     if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
                         self.record_pushed(&digest, &target);
                     }
@@ -360,7 +368,11 @@ impl Proxy {
                 if let Some(resp) = self.cached_manifest(&route, &target, &method).await {
                     return Ok(with_warning(resp, verdict));
                 }
-                let resp = self.forward(&route, &raw_name, &target, req).await?;
+                // Boxed, like every large future here: an async fn's future holds the futures
+                // it awaits, and each level of nesting copies them again. Inline, the request
+                // future was 50 KB and moving it was a tenth of the per-request instructions;
+                // boxed at this level it is under 4 KB.
+                let resp = Box::pin(self.forward(&route, &raw_name, &target, req)).await?;
                 if reading && resp.status().is_success() {
                     self.resolver.remember(&name, &target.registry);
                     self.record_provenance(&route, &target);
@@ -368,12 +380,10 @@ impl Proxy {
                 Ok(with_warning(resp, verdict))
             }
             Plan::Search(targets) => {
-                self.in_order(&ask, &raw_name, &name, &targets, req, false)
-                    .await
+                Box::pin(self.in_order(&ask, &raw_name, &name, &targets, req, false)).await
             }
             Plan::Mirrors(targets) => {
-                self.in_order(&ask, &raw_name, &name, &targets, req, true)
-                    .await
+                Box::pin(self.in_order(&ask, &raw_name, &name, &targets, req, true)).await
             }
         }
     }
