@@ -284,6 +284,55 @@ mod tests {
     }
 
     #[test]
+    fn tag_rules_filed_by_tag_still_check_every_criterion() {
+        // Tag rules are found through the tag regex set, not through their host: they must
+        // still match only their own host and operations, and ordinary host rules still
+        // apply to the tags they do not name.
+        let text = rule(
+            "bad-tag",
+            "deny",
+            "registry = \"quay.io\"\ntag = \"^bad-[0-9]+$\"",
+        ) + &rule(
+            "push-only",
+            "deny",
+            "operations = [\"push\"]\ntag = \"^wip$\"",
+        ) + &rule("quay", "warn", "registry = \"quay.io\"");
+        let p = policy(&text);
+        let cases = [
+            (
+                Operation::Pull,
+                "quay.io/x:bad-1",
+                Action::Deny,
+                Some("bad-tag"),
+            ),
+            (
+                Operation::Pull,
+                "quay.io/x:good",
+                Action::Warn,
+                Some("quay"),
+            ),
+            (Operation::Pull, "ghcr.io/x:bad-1", Action::Allow, None),
+            (Operation::Pull, "ghcr.io/x:wip", Action::Allow, None),
+            (
+                Operation::Push,
+                "ghcr.io/x:wip",
+                Action::Deny,
+                Some("push-only"),
+            ),
+            (
+                Operation::Pull,
+                "quay.io/x@sha256:00",
+                Action::Warn,
+                Some("quay"),
+            ),
+        ];
+        for (op, name, action, id) in cases {
+            let got = decide(&p, op, name);
+            assert_eq!(got, (action, id.map(str::to_owned)), "{op} {name}");
+        }
+    }
+
+    #[test]
     fn equal_specificity_goes_to_the_more_severe_action() {
         let actions = ["allow", "warn", "confirm", "deny"];
         for (i, weaker) in actions.iter().enumerate() {

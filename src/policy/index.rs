@@ -1,8 +1,8 @@
 //! Finding the few rules that can match a subject without looking at the rest.
 //!
 //! Every rule is filed under one key, its most selective criterion: a digest, else an exact
-//! repository, a repository prefix or a repository regex, else its registry host, wildcard,
-//! `public` or nothing. A lookup then costs one hash probe per key a subject can produce (its
+//! repository, a repository prefix or a repository regex, else a tag regex, else its registry
+//! host, wildcard, `public` or nothing. A lookup then costs one hash probe per key a subject can produce (its
 //! digest, its repository, one per '/' for prefixes, one per '.' of the host for wildcards)
 //! plus the regex sets. Regexes (globs are translated to regexes) are grouped by the literal
 //! first path component they start with, when they have one, so that a lookup only runs the
@@ -31,6 +31,8 @@ pub(crate) struct Index {
     pattern_sets: Vec<PatternSet>,
     pattern_rest: Option<PatternSet>,
     tags: Option<PatternSet>,
+    /// Tag pattern id -> rules filed under it.
+    by_tag: Vec<Vec<u32>>,
     by_host: HashMap<String, Vec<u32>>,
     /// Keyed by ".example.com".
     by_wildcard: HashMap<String, Vec<u32>>,
@@ -59,6 +61,7 @@ impl Index {
     ) -> Result<Index, Vec<BadRegex>> {
         let mut index = Index {
             by_pattern: vec![Vec::new(); repo_regexes.len()],
+            by_tag: vec![Vec::new(); tag_regexes.len()],
             ..Index::default()
         };
         let mut bad = Vec::new();
@@ -159,6 +162,13 @@ impl Index {
             }
             _ => {}
         }
+        // A tag rule can only match a tag its regex matched, which the tag set finds in one
+        // pass; filed under its host it would be checked on every request to that host.
+        if let Some((_, id)) = &rule.tag {
+            if let Some(rules) = self.by_tag.get_mut(*id as usize) {
+                return rules.push(i);
+            }
+        }
         match &rule.registry {
             RegistryMatcher::Host(h) => self.by_host.entry(h.clone()).or_default().push(i),
             RegistryMatcher::Wildcard(s) => self.by_wildcard.entry(s.clone()).or_default().push(i),
@@ -210,6 +220,9 @@ impl Index {
             for &id in &hits.repository {
                 each(self.by_pattern.get(id as usize));
             }
+        }
+        for &id in &hits.tag {
+            each(self.by_tag.get(id as usize));
         }
         each(self.by_host.get(s.registry));
         if !self.by_wildcard.is_empty() {
