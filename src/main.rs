@@ -7,12 +7,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::{tls, Config};
 
-// glibc's malloc showed as a tenth of the proxy's CPU per request in perf (lock and
-// consolidation work on small, short-lived allocations); mimalloc's thread-local free
-// lists make them cheap.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "portcullis",

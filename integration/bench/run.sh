@@ -7,9 +7,13 @@
 # test CA and certificates, starts on 127.0.0.1, with TLS on every hop:
 #   direct      CNCF distribution (docker-registry) over TLS
 #   nginx       nginx as a TLS reverse proxy in front of it (integration/bench/nginx.conf)
+#   relay       nginx's stream module as a bare TLS relay in front of it, for blob downloads
+#               only: the floor for any proxy that terminates TLS (integration/bench/relay.conf)
 #   portcullis  portcullis in front of it, registry endpoint mode (host bench.local)
 # seeds the registry once, then measures every figure in rounds, each path back to back
-# (direct nginx portcullis direct nginx portcullis ...), so drift hits all three alike.
+# (direct nginx portcullis direct nginx portcullis ...), so drift hits all alike. Manifest
+# latency is measured twice: closed loop (as fast as answers come: every core busy) and
+# paced at a fixed rate well below saturation (what the proxy adds to one request).
 # Prints one table with ratios and the targets of issue 7, and writes the same as JSON to
 # integration/bench/results/<date>.json. --quick: 1 round, smaller blobs, shorter runs.
 # --serve: start and seed everything, print the URLs, and wait (for perf and friends).
@@ -36,6 +40,9 @@ accept="application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.in
 accept+=", application/vnd.docker.distribution.manifest.v2+json"
 accept+=", application/vnd.docker.distribution.manifest.list.v2+json"
 paths=(direct nginx portcullis)
+blob_paths=(direct nginx relay portcullis)
+paced_rate=400 # req/s over 32 connections; direct serves about 1,700 at saturation
+stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -49,6 +56,7 @@ install_missing() {
         python3:python3; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
+    [ -f "$stream_module" ] || missing+=(libnginx-mod-stream)
     [ ${#missing[@]} -eq 0 ] && return
     [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; run as root to install them"
     log "installing ${missing[*]}"
@@ -110,6 +118,7 @@ make_certs() {
 fill() { # template, output: replace @PLACEHOLDERS@
     sed -e "s|@DIR@|$2|g" -e "s|@REGISTRY_PORT@|$registry_port|g" \
         -e "s|@NGINX_PORT@|$nginx_port|g" -e "s|@CERT@|$work/certs/server.crt|g" \
+        -e "s|@RELAY_PORT@|$relay_port|g" -e "s|@STREAM_MODULE@|$stream_module|g" \
         -e "s|@KEY@|$work/certs/server.key|g" -e "s|@CA@|$work/certs/ca.crt|g" "$1"
 }
 
@@ -125,8 +134,8 @@ wait_ready() { # name pid url cafile
 
 start_servers() {
     local ports
-    ports=$(py ports 3)
-    read -r registry_port nginx_port portcullis_port <<<"$ports"
+    ports=$(py ports 4)
+    read -r registry_port nginx_port portcullis_port relay_port <<<"$ports"
 
     mkdir -p "$work/registry"
     fill "$here/registry.yml" "$work/registry" >"$work/registry/config.yml"
@@ -140,6 +149,13 @@ start_servers() {
     nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx.log" 2>&1 &
     nginx_pid=$!
     wait_ready nginx "$nginx_pid" "https://127.0.0.1:$nginx_port/v2/" "$work/certs/ca.crt"
+
+    mkdir -p "$work/relay"
+    fill "$here/relay.conf" "$work/relay" >"$work/relay/nginx.conf"
+    nginx -t -q -p "$work/relay" -c "$work/relay/nginx.conf"
+    nginx -p "$work/relay" -c "$work/relay/nginx.conf" >"$work/relay.log" 2>&1 &
+    relay_pid=$!
+    wait_ready relay "$relay_pid" "https://127.0.0.1:$relay_port/v2/" "$work/certs/ca.crt"
 
     mkdir -p "$work/portcullis"
     # A realistic policy: a few hundred rules (repository prefixes, regexes, tags, digests)
@@ -186,17 +202,19 @@ EOF
     declare -gA base cafile
     base=([direct]="https://127.0.0.1:$registry_port/v2"
         [nginx]="https://127.0.0.1:$nginx_port/v2"
+        [relay]="https://127.0.0.1:$relay_port/v2"
         [portcullis]="https://127.0.0.1:$portcullis_port/v2/bench.local")
-    cafile=([direct]="$work/certs/ca.crt" [nginx]="$work/certs/ca.crt"
+    cafile=([direct]="$work/certs/ca.crt" [nginx]="$work/certs/ca.crt" [relay]="$work/certs/ca.crt"
         [portcullis]="$work/portcullis/state/ca.crt")
     log "registry :$registry_port (pid $registry_pid), nginx :$nginx_port (pid $nginx_pid)," \
-        "portcullis :$portcullis_port (pid $portcullis_pid)"
+        "relay :$relay_port (pid $relay_pid), portcullis :$portcullis_port (pid $portcullis_pid)"
 }
 
-# Processes whose memory is reported: nginx's workers, portcullis itself.
+# Processes whose memory and CPU are reported: nginx's workers, portcullis itself.
 proxy_pids() {
     case "$1" in
         nginx) ps --ppid "$nginx_pid" -o pid= ;;
+        relay) ps --ppid "$relay_pid" -o pid= ;;
         portcullis) echo "$portcullis_pid" ;;
     esac
 }
@@ -266,11 +284,16 @@ check_path() {
         "$b/bench/app/manifests/v1" |
         tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')
     [ "$got" = "$manifest_digest" ] || die "$p: HEAD by tag gave digest '$got'"
-    got="sha256:$(curl -sS --http1.1 --fail --cacert "$ca" "$b/bench/app/blobs/$blob_digest" |
-        sha256sum | cut -d' ' -f1)"
-    [ "$got" = "$blob_digest" ] || die "$p: blob arrived as $got"
+    check_blob "$p"
     [ "$(curl -s --http1.1 -o /dev/null -w '%{http_code}' --cacert "$ca" -H "Accept: $accept" \
         "$b/bench/app/manifests/missing")" = 404 ] || die "$p: a missing tag did not answer 404"
+}
+
+check_blob() { # path
+    local got
+    got="sha256:$(curl -sS --http1.1 --fail --cacert "${cafile[$1]}" \
+        "${base[$1]}/bench/app/blobs/$blob_digest" | sha256sum | cut -d' ' -f1)"
+    [ "$got" = "$blob_digest" ] || die "$1: blob arrived as $got"
 }
 
 # --- measurements -----------------------------------------------------------------------
@@ -322,15 +345,16 @@ upload() { # path mode
 
 # One run of the load generator (integration/bench/loadgen); sets rps, p50, p99 (ms) and
 # answered (warm-up included). It fails on any error or non-2xx answer.
-manifest_load() { # path kind conns
-    local p=$1 kind=$2 conns=$3 method=GET ref=v1 figures
+manifest_load() { # path kind conns [rate]
+    local p=$1 kind=$2 conns=$3 method=GET ref=v1 figures pace=()
+    [ -n "${4:-}" ] && pace=(--rate "$4")
     case "$kind" in
         get_digest) ref=$manifest_digest ;;
         head_tag) method=HEAD ;;
     esac
     "$loadgen_bin" "${base[$p]}/bench/app/manifests/$ref" --cacert "${cafile[$p]}" \
         --connections "$conns" --threads 2 --duration "$load_secs" --warmup 1 \
-        --method "$method" --header "Accept: $accept" >"$work/load.json" ||
+        --method "$method" --header "Accept: $accept" "${pace[@]}" >"$work/load.json" ||
         die "$p: $kind at $conns connections failed: $(cat "$work/load.json")"
     figures=$(py load "$work/load.json")
     read -r rps p50 p99 answered <<<"$figures"
@@ -342,7 +366,7 @@ round() {
     local r=$1 p kind c n v cpu client
     declare -A rss256=()
     for n in 1 8 64; do
-        for p in "${paths[@]}"; do
+        for p in "${blob_paths[@]}"; do
             [ "$p" = direct ] || reset_peak_rss "$p"
             cpu=$(cpu_now "$p")
             v=$(download "$p" "$n")
@@ -350,7 +374,7 @@ round() {
             record "blob_$n" "$p" "$r" "$v"
             record_cpu "blob_$n" "$p" "$r" "$cpu" bytes $((n * blob_bytes))
             record "blob_${n}_cpu_client" "$p" "$r" "$(per_unit "$client" $((n * blob_bytes)) 1e9)"
-            if [ "$n" = 64 ] && [ "$p" != direct ]; then
+            if [ "$n" = 64 ] && [ "$p" != direct ] && [ "$p" != relay ]; then
                 v=$(peak_rss_mib "$p")
                 record rss_blob_64 "$p" "$r" "$v"
             fi
@@ -382,6 +406,13 @@ round() {
             done
         done
     done
+    for kind in get_tag head_tag; do
+        for p in "${paths[@]}"; do
+            manifest_load "$p" "$kind" 32 "$paced_rate"
+            record "${kind}_paced_p50" "$p" "$r" "$p50"
+            record "${kind}_paced_p99" "$p" "$r" "$p99"
+        done
+    done
     for p in nginx portcullis; do record rss_c256 "$p" "$r" "${rss256[$p]}"; done
 }
 
@@ -397,6 +428,7 @@ print(json.dumps({
     "quick": bool($quick), "rounds": $rounds, "blob_mib": $blob_mib,
     "upload_mib": $upload_mib, "upload_chunk_mib": $((chunk_bytes / 1024 / 1024)),
     "load_seconds": $load_secs, "load_warmup_seconds": 1, "load_threads": 2,
+    "paced_rate": $paced_rate,
     "accept": "$accept",
     "machine": {"nproc": $(nproc), "cpu": "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)",
                 "kernel": "$(uname -r)", "mem_mib": $(awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo)},
@@ -421,12 +453,13 @@ main() {
     start_servers
     seed
     for p in "${paths[@]}"; do check_path "$p"; done
+    check_blob relay
     if [ "$serve" = 1 ]; then
         for p in "${paths[@]}"; do
             log "$p: ${base[$p]}/bench/app/manifests/v1 (--cacert ${cafile[$p]})"
         done
         log "manifest $manifest_digest, blob $blob_digest; logs in $work; Ctrl-C stops"
-        wait -n "$registry_pid" "$nginx_pid" "$portcullis_pid" || true
+        wait -n "$registry_pid" "$nginx_pid" "$relay_pid" "$portcullis_pid" || true
         die "a server exited"
     fi
     log "all three paths serve the same content; $rounds round(s), ${load_secs}s per load run"

@@ -5,8 +5,14 @@
 //!
 //! ```text
 //! loadgen URL --cacert FILE --connections N [--threads 2] [--duration 10] [--warmup 1]
-//!         [--method GET|HEAD] [--header 'Name: value']...
+//!         [--method GET|HEAD] [--header 'Name: value']... [--rate R]
 //! ```
+//!
+//! `--rate R` paces the connections to R requests per second in all (each connection sends
+//! on a fixed schedule, R / N per second, phases spread over the interval), so latency is
+//! measured below saturation: what a proxy adds to a request rather than how long requests
+//! queue for a CPU. Latency then counts from the scheduled send time, so a stall that makes
+//! later requests late is not hidden (no coordinated omission).
 //!
 //! All connections are opened (TCP + TLS) before the clock starts; then `--warmup` seconds
 //! are not recorded, then `--duration` seconds are. Prints one JSON object: requests,
@@ -34,10 +40,12 @@ struct Args {
     warmup: Duration,
     method: Method,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// Requests per second over all connections; None: as fast as answers come.
+    rate: Option<f64>,
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("loadgen: {msg}\nusage: loadgen URL --cacert FILE --connections N [--threads T] [--duration S] [--warmup S] [--method GET|HEAD] [--header 'Name: value']...");
+    eprintln!("loadgen: {msg}\nusage: loadgen URL --cacert FILE --connections N [--threads T] [--duration S] [--warmup S] [--method GET|HEAD] [--header 'Name: value']... [--rate R]");
     std::process::exit(2)
 }
 
@@ -47,6 +55,7 @@ fn parse_args() -> Args {
     let (mut threads, mut duration, mut warmup) = (2, 10.0, 1.0);
     let mut method = Method::GET;
     let mut headers = Vec::new();
+    let mut rate = None;
     while let Some(arg) = it.next() {
         let mut value = || {
             it.next()
@@ -59,6 +68,7 @@ fn parse_args() -> Args {
             "--threads" => threads = number(value()) as usize,
             "--duration" => duration = number(value()),
             "--warmup" => warmup = number(value()),
+            "--rate" => rate = Some(number(value())).filter(|r| *r > 0.0),
             "--method" => {
                 method = value().parse().unwrap_or_else(|_| usage("bad --method"));
             }
@@ -88,6 +98,7 @@ fn parse_args() -> Args {
         warmup: Duration::from_secs_f64(warmup),
         method,
         headers,
+        rate,
     }
 }
 
@@ -137,13 +148,20 @@ struct Shared {
 
 /// One connection: connect, wait for the start, then request after request until `until`,
 /// recording only what completes after `record_from`.
-async fn client(shared: Arc<Shared>, mut go: watch::Receiver<bool>) -> Tally {
+async fn client(shared: Arc<Shared>, index: usize, mut go: watch::Receiver<bool>) -> Tally {
     let mut tally = Tally::default();
     let mut sender = connect(&shared.tls, shared.addr, &shared.name).await;
     shared.connected.wait().await;
     let _ = go.wait_for(|&go| go).await;
     let record_from = Instant::now() + shared.args.warmup;
     let until = record_from + shared.args.duration;
+    // Paced: connection i sends at start + (i / N + k) * interval, k = 0, 1, 2, ...
+    let interval = shared
+        .args
+        .rate
+        .map(|r| Duration::from_secs_f64(shared.args.connections as f64 / r));
+    let mut next = interval
+        .map(|every| Instant::now() + every.mul_f64(index as f64 / shared.args.connections as f64));
     let path = shared
         .args
         .url
@@ -176,7 +194,14 @@ async fn client(shared: Arc<Shared>, mut go: watch::Receiver<bool>) -> Tally {
             req = req.header(k, v);
         }
         let req = req.body(Empty::new()).expect("a valid request");
-        let sent = Instant::now();
+        let sent = match (next, interval) {
+            (Some(at), Some(every)) => {
+                tokio::time::sleep_until(at.into()).await;
+                next = Some(at + every);
+                at
+            }
+            _ => Instant::now(),
+        };
         let result = async {
             let resp = s
                 .send_request(req)
@@ -277,7 +302,7 @@ fn main() {
     let (tallies, measured) = runtime.block_on(async {
         let (start, go) = watch::channel(false);
         let tasks: Vec<_> = (0..shared.args.connections)
-            .map(|_| tokio::spawn(client(shared.clone(), go.clone())))
+            .map(|i| tokio::spawn(client(shared.clone(), i, go.clone())))
             .collect();
         shared.connected.wait().await;
         let _ = start.send(true);
