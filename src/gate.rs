@@ -239,7 +239,7 @@ impl Gate {
             _ => c.reference(),
         };
         let (action, result) = match d.action {
-            Action::Allow => ("allow", Ok(Verdict::Allow)),
+            Action::Allow => ("allow", Ok(Verdict::Allow)), // returned above
             Action::Warn => ("warn", Ok(Verdict::Warn(format!("{reference}: {} (rule {rule})", d.message)))),
             Action::Deny => ("deny", Err(ProxyError::Denied(format!("{reference}: denied by rule {rule}: {}", d.message)))),
             Action::Confirm if self.confirmed(c) => ("confirmed", Ok(Verdict::Allow)),

@@ -2,9 +2,9 @@
 //!
 //! Every rule is filed under one key, its most selective criterion: a digest, else an exact
 //! repository, a repository prefix or a repository regex, else a tag regex, else its registry
-//! host, wildcard, `public` or nothing. A lookup then costs one hash probe per key a subject can produce (its
-//! digest, its repository, one per '/' for prefixes, one per '.' of the host for wildcards)
-//! plus the regex sets. Regexes (globs are translated to regexes) are grouped by the literal
+//! host, wildcard, `public` or nothing. A lookup then costs one hash probe per key a subject
+//! can produce (its digest, its repository, one per '/' for prefixes, one per '.' of the host
+//! for wildcards) plus the regex sets. Regexes (globs are translated to regexes) are grouped by the literal
 //! first path component they start with, when they have one, so that a lookup only runs the
 //! set holding its own first component's group and the set of patterns that could match
 //! anywhere.
