@@ -69,6 +69,8 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     forward: RawForward,
     #[serde(default)]
     policy: RawPolicy,
@@ -132,6 +134,16 @@ struct RawCache {
     manifest_bytes: Option<u64>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<u64>>,
+    max_header_bytes: Option<Spanned<u64>>,
+    tls_handshake_timeout_secs: Option<Spanned<u64>>,
+    header_read_timeout_secs: Option<Spanned<u64>>,
+    drain_timeout_secs: Option<Spanned<u64>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegistry {
@@ -151,6 +163,7 @@ struct RawRegistry {
     response_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     body_timeout_secs: Option<u64>,
+    max_idle_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,8 +192,37 @@ pub struct Config {
     pub tls: TlsConfig,
     pub resolve: ResolveConfig,
     pub cache: CacheConfig,
+    /// What clients may hold: connections, header bytes, time.
+    pub limits: Limits,
     /// Keyed by the normalised registry host clients use (e.g. `docker.io`).
     pub registries: HashMap<String, RegistryConfig>,
+}
+
+/// Limits that keep clients from holding unbounded memory or time (`[limits]`), for the
+/// registry, proxy and mirror listeners.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request head (request line + headers); beyond it hyper answers 431.
+    pub max_header_bytes: usize,
+    /// Connections served at once over the registry, proxy and mirror listeners together;
+    /// more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests (a push, a pull) may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_connections: 4096,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +291,9 @@ pub struct RegistryConfig {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    /// Idle keep-alive connections kept to this registry; fewer than the requests in flight
+    /// means reopening TLS connections under load.
+    pub max_idle_connections: usize,
 }
 
 impl fmt::Debug for RegistryConfig {
@@ -574,7 +619,79 @@ impl Checker<'_> {
             cache: CacheConfig {
                 manifest_bytes: raw.cache.manifest_bytes.unwrap_or(64 * 1024 * 1024),
             },
+            limits: self.limits(raw.limits),
             registries,
+        }
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Limits {
+        let d = Limits::default();
+        let secs = |d: Duration| d.as_secs();
+        // hyper refuses a read buffer under 8 KiB; a head over 1 MiB is no registry client's.
+        let max_header_bytes = self.within(
+            raw.max_header_bytes,
+            "limits.max_header_bytes",
+            8192,
+            1 << 20,
+            d.max_header_bytes as u64,
+        );
+        let max_connections = self.within(
+            raw.max_connections,
+            "limits.max_connections",
+            1,
+            1_000_000,
+            d.max_connections as u64,
+        );
+        let handshake = self.within(
+            raw.tls_handshake_timeout_secs,
+            "limits.tls_handshake_timeout_secs",
+            1,
+            600,
+            secs(d.tls_handshake_timeout),
+        );
+        let header = self.within(
+            raw.header_read_timeout_secs,
+            "limits.header_read_timeout_secs",
+            1,
+            600,
+            secs(d.header_read_timeout),
+        );
+        let drain = self.within(
+            raw.drain_timeout_secs,
+            "limits.drain_timeout_secs",
+            0,
+            86_400,
+            secs(d.drain_timeout),
+        );
+        Limits {
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(d.max_header_bytes),
+            max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
+            tls_handshake_timeout: Duration::from_secs(handshake),
+            header_read_timeout: Duration::from_secs(header),
+            drain_timeout: Duration::from_secs(drain),
+        }
+    }
+
+    /// A number in `min..=max`, `default` when absent; out of range is a problem.
+    fn within(
+        &mut self,
+        raw: Option<Spanned<u64>>,
+        key: &str,
+        min: u64,
+        max: u64,
+        default: u64,
+    ) -> u64 {
+        match raw {
+            None => default,
+            Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref(),
+            Some(v) => {
+                self.problem(
+                    Some(v.span()),
+                    key,
+                    format!("{} is not between {min} and {max}", v.get_ref()),
+                );
+                default
+            }
         }
     }
 
@@ -671,6 +788,7 @@ impl Checker<'_> {
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             body_timeout: Duration::from_secs(60),
+            max_idle_connections: 1024,
         }
     }
 
@@ -776,6 +894,7 @@ impl Checker<'_> {
             response_timeout: secs(r.response_timeout_secs, 60),
             idle_timeout: secs(r.idle_timeout_secs, 90),
             body_timeout: secs(r.body_timeout_secs, 60),
+            max_idle_connections: r.max_idle_connections.unwrap_or(1024),
         })
     }
 }
@@ -844,6 +963,33 @@ credentials = { username = "u", password_env = "PORTCULLIS_TEST_UNSET_VAR" }
                 "missing {prefix} .. {needle} in {rendered:#?}"
             );
         }
+    }
+
+    #[test]
+    fn limits_are_read_and_out_of_range_ones_reported_with_their_line() {
+        let text = "[limits]\nmax_connections = 100\ndrain_timeout_secs = 120\n\
+                    [[registry]]\nhost = \"docker.io\"\nmax_idle_connections = 16\n";
+        let c = parse(text).expect("valid");
+        assert_eq!(c.limits.max_connections, 100);
+        assert_eq!(c.limits.drain_timeout, Duration::from_secs(120));
+        assert_eq!(c.limits.max_header_bytes, 64 * 1024, "default kept");
+        assert_eq!(
+            c.registry("docker.io").map(|r| r.max_idle_connections),
+            Some(16)
+        );
+
+        // hyper would panic on a read buffer under 8 KiB: a config error instead.
+        let err = parse("[limits]\nmax_header_bytes = 1024\nmax_connections = 0\n").unwrap_err();
+        let rendered: Vec<String> = err.iter().map(|p| p.to_string()).collect();
+        assert_eq!(rendered.len(), 2, "{rendered:#?}");
+        assert!(
+            rendered[0].starts_with("test.toml:2: limits.max_header_bytes"),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered[1].starts_with("test.toml:3: limits.max_connections"),
+            "{rendered:#?}"
+        );
     }
 
     #[test]

@@ -20,28 +20,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::Metrics;
 use crate::proxy::{Inbound, Proxy};
 
-/// Limits that keep one client from holding unbounded memory.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    /// Largest request head (request line + headers); beyond it hyper answers 431.
-    pub max_header_bytes: usize,
-    pub max_connections: usize,
-    pub tls_handshake_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub drain_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 64 * 1024,
-            max_connections: 4096,
-            tls_handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(30),
-            drain_timeout: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::config::Limits;
 
 /// What every listener needs to serve HTTP into the proxy pipeline.
 #[derive(Clone)]

@@ -141,7 +141,7 @@ impl Upstream {
             .pool_idle_timeout(config.idle_timeout)
             // As many idle connections as clients may want at once: a pool smaller than the
             // client's concurrency reopens TLS connections to the registry under load.
-            .pool_max_idle_per_host(1024)
+            .pool_max_idle_per_host(config.max_idle_connections)
             .build(connector);
         Ok(Upstream {
             config,
