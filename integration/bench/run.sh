@@ -132,6 +132,17 @@ wait_ready() { # name pid url cafile
     die "$1 did not answer $3"
 }
 
+# An nginx with one of the configurations here; sets started_pid (its master process). Not
+# called in $(...): the server must stay a job of this shell, which cleanup stops.
+start_nginx() { # name template port
+    mkdir -p "$work/$1"
+    fill "$here/$2" "$work/$1" >"$work/$1/nginx.conf"
+    nginx -t -q -p "$work/$1" -c "$work/$1/nginx.conf"
+    nginx -p "$work/$1" -c "$work/$1/nginx.conf" >"$work/$1.log" 2>&1 &
+    started_pid=$!
+    wait_ready "$1" "$started_pid" "https://127.0.0.1:$3/v2/" "$work/certs/ca.crt"
+}
+
 start_servers() {
     local ports
     ports=$(py ports 4)
@@ -143,19 +154,10 @@ start_servers() {
     registry_pid=$!
     wait_ready registry "$registry_pid" "https://127.0.0.1:$registry_port/v2/" "$work/certs/ca.crt"
 
-    mkdir -p "$work/nginx"
-    fill "$here/nginx.conf" "$work/nginx" >"$work/nginx/nginx.conf"
-    nginx -t -q -p "$work/nginx" -c "$work/nginx/nginx.conf"
-    nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx.log" 2>&1 &
-    nginx_pid=$!
-    wait_ready nginx "$nginx_pid" "https://127.0.0.1:$nginx_port/v2/" "$work/certs/ca.crt"
-
-    mkdir -p "$work/relay"
-    fill "$here/relay.conf" "$work/relay" >"$work/relay/nginx.conf"
-    nginx -t -q -p "$work/relay" -c "$work/relay/nginx.conf"
-    nginx -p "$work/relay" -c "$work/relay/nginx.conf" >"$work/relay.log" 2>&1 &
-    relay_pid=$!
-    wait_ready relay "$relay_pid" "https://127.0.0.1:$relay_port/v2/" "$work/certs/ca.crt"
+    start_nginx nginx nginx.conf "$nginx_port"
+    nginx_pid=$started_pid
+    start_nginx relay relay.conf "$relay_port"
+    relay_pid=$started_pid
 
     mkdir -p "$work/portcullis"
     # A realistic policy: a few hundred rules (repository prefixes, regexes, tags, digests)
