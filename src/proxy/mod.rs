@@ -46,8 +46,8 @@ use crate::stage::Stage;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 use request::{
-    basic_user, check_method, content_addressed, operation, policy_operation, query_value,
-    route_digest, route_tag, what,
+    basic_user, check_method, content_addressed, named_registry, operation, policy_operation,
+    query_value, route_digest, route_tag, what,
 };
 // Re-exported so the rest of the crate keeps naming them `crate::proxy::...`.
 pub(crate) use respond::with_warning;
@@ -200,9 +200,16 @@ impl Proxy {
             .get(&RESOLVED_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
+        let resolved_registry = resolved.split_once('/').map(|(r, _)| r);
+        // Nothing resolved (refused, or failed early): the registry the client named, so
+        // refusing an unconfigured host counts under "other" rather than "none".
+        let named = match resolved_registry {
+            Some(_) => None,
+            None => named_registry(inbound.registry.as_deref(), &path),
+        };
         let registry = self
             .metrics
-            .registry_label(resolved.split_once('/').map(|(r, _)| r));
+            .registry_label(resolved_registry.or(named.as_deref()));
         let status = resp.status().as_u16();
         let elapsed = started.elapsed();
         self.metrics
