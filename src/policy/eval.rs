@@ -54,6 +54,19 @@ impl Policy {
         }
     }
 
+    /// Whether `op` on a repository (or, with an empty one, on the registry) is allowed
+    /// outright: what listings and search results show. Confirm and deny both hide.
+    pub fn permits_name(&self, op: super::Operation, registry: &str, repository: &str) -> bool {
+        let subject = Subject {
+            op,
+            registry,
+            repository,
+            tag: None,
+            digest: None,
+        };
+        self.evaluate(&subject).action.permits()
+    }
+
     /// The decision for one request.
     pub fn evaluate(&self, s: &Subject) -> Decision {
         let mut best: Option<(Rank, &Rule)> = None;

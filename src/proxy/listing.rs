@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::policy::{Operation, Subject};
+use crate::policy::Operation;
 
 use super::{Inbound, Proxy};
 
@@ -22,18 +22,9 @@ impl Proxy {
         // What may not be listed, or pulled, is not shown.
         let policy = self.gate.policy();
         let visible = |registry: &str, repository: &str| {
-            let allows = |op, repository| {
-                let subject = Subject {
-                    op,
-                    registry,
-                    repository,
-                    tag: None,
-                    digest: None,
-                };
-                policy.evaluate(&subject).action.permits()
-            };
-            allows(Operation::List, "")
-                && (repository.is_empty() || allows(Operation::Pull, repository))
+            policy.permits_name(Operation::List, registry, "")
+                && (repository.is_empty()
+                    || policy.permits_name(Operation::Pull, registry, repository))
         };
         match &inbound.registry {
             // An intercepted registry lists its own catalog, with its own names.

@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::gate::{Check, Gate};
 use crate::metrics::{status_class, Counted, Metrics};
-use crate::policy::{Operation, Subject};
+use crate::policy::Operation;
 use crate::provenance::Provenance;
 use crate::reference::{Name, Repository, DOCKER_HUB};
 use crate::resolve::{Plan, Resolver, Target};
@@ -257,14 +257,7 @@ impl Proxy {
                 let policy = self.gate.policy();
                 let registries = self.resolver.search_registries(&policy);
                 let visible = |op: Operation, registry: &str, repository: &str| {
-                    let subject = Subject {
-                        op,
-                        registry,
-                        repository,
-                        tag: None,
-                        digest: None,
-                    };
-                    policy.evaluate(&subject).action.permits()
+                    policy.permits_name(op, registry, repository)
                 };
                 let search =
                     self.search
