@@ -13,22 +13,39 @@ pub enum ExplainError {
     Name(#[from] crate::reference::NameError),
 }
 
+/// A reference split into its name, tag and digest.
+#[derive(Debug)]
+struct Parts<'a> {
+    name: &'a str,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
 /// Split `name[:tag][@digest]`.
-fn split(reference: &str) -> Result<(&str, Option<Reference>), ExplainError> {
-    if let Some((name, digest)) = reference.split_once('@') {
-        return Ok((name, Some(Reference::parse(digest)?)));
-    }
-    let slash = reference.rfind('/').map_or(0, |i| i + 1);
-    match reference[slash..].rfind(':') {
+fn split(reference: &str) -> Result<Parts<'_>, ExplainError> {
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => match Reference::parse(digest)? {
+            Reference::Digest(d) => (rest, Some(d.to_string())),
+            Reference::Tag(t) => {
+                return Err(ExplainError::Name(
+                    crate::reference::NameError::InvalidDigest(t.to_string()),
+                ))
+            }
+        },
+        None => (reference, None),
+    };
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[slash..].rfind(':') {
         Some(colon) => {
             let at = slash + colon;
-            Ok((
-                &reference[..at],
-                Some(Reference::parse(&reference[at + 1..])?),
-            ))
+            match Reference::parse(&rest[at + 1..])? {
+                Reference::Tag(t) => (&rest[..at], Some(t.to_string())),
+                Reference::Digest(d) => (&rest[..at], Some(d.to_string())),
+            }
         }
-        None => Ok((reference, None)),
-    }
+        None => (rest, None),
+    };
+    Ok(Parts { name, tag, digest })
 }
 
 pub fn explain(
@@ -37,13 +54,23 @@ pub fn explain(
     op: Operation,
     reference: &str,
 ) -> Result<String, ExplainError> {
-    let (name, tag_or_digest) = split(reference)?;
-    let (tag, digest) = match &tag_or_digest {
-        Some(Reference::Tag(t)) => (Some(t.as_str()), None),
-        Some(Reference::Digest(d)) => (None, Some(d.as_str())),
-        None => (Some("latest"), None),
+    let parts = split(reference)?;
+    let name = parts.name;
+    // A bare name is its `latest` tag; `name@digest` has no tag, as a pull by digest.
+    let tag = match (&parts.tag, &parts.digest) {
+        (Some(t), _) => Some(t.as_str()),
+        (None, Some(_)) => None,
+        (None, None) => Some("latest"),
     };
+    let digest = parts.digest.as_deref();
     let mut out = String::new();
+    if tag.is_some() && digest.is_none() && policy.has_digest_rules() {
+        let _ = writeln!(
+            out,
+            "note: digest rules are decided on the digest of the manifest the registry serves for this tag; \
+             give name:tag@digest to include them"
+        );
+    }
     let candidates: Vec<(String, String)> = match Name::parse(name)? {
         Name::Qualified {
             registry,
@@ -105,16 +132,59 @@ mod tests {
 
     #[test]
     fn references_split_into_name_tag_and_digest() {
+        let p = split("localhost:5000/a:1").expect("split");
         assert_eq!(
-            split("localhost:5000/a:1").ok().map(|(n, _)| n),
-            Some("localhost:5000/a")
+            (p.name, p.tag.as_deref(), p.digest),
+            ("localhost:5000/a", Some("1"), None)
         );
-        assert!(matches!(split("a").ok(), Some(("a", None))));
+        let p = split("a").expect("split");
+        assert_eq!((p.name, p.tag, p.digest), ("a", None, None));
         let digest = format!("sha256:{}", "a".repeat(64));
-        assert!(matches!(
-            split(&format!("a/b@{digest}")).ok(),
-            Some(("a/b", Some(Reference::Digest(_))))
-        ));
+        let by_digest = format!("a/b@{digest}");
+        let p = split(&by_digest).expect("split");
+        assert_eq!(
+            (p.name, p.tag, p.digest.as_deref()),
+            ("a/b", None, Some(digest.as_str()))
+        );
+        let both = format!("r.example:5000/a/b:1@{digest}");
+        let p = split(&both).expect("split");
+        assert_eq!(
+            (p.name, p.tag.as_deref(), p.digest.as_deref()),
+            ("r.example:5000/a/b", Some("1"), Some(digest.as_str()))
+        );
+        assert!(split("a/b@notadigest").is_err());
+    }
+
+    #[test]
+    fn a_digest_rule_is_explained_for_the_tag_that_serves_it() {
+        let config = Config::parse_str(
+            "[[registry]]\nhost = \"registry.example.com\"\nendpoint = \"https://127.0.0.1:1\"\n",
+        )
+        .expect("config");
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let policy = crate::policy::parse(
+            "p.toml",
+            &format!(
+                "[[rule]]\nid = \"bad\"\naction = \"deny\"\nmessage = \"known bad\"\ndigest = \"{digest}\"\n"
+            ),
+        )
+        .expect("policy");
+        let by_tag = explain(
+            &config,
+            &policy,
+            Operation::Pull,
+            "registry.example.com/team/app:1",
+        )
+        .expect("explain");
+        assert!(by_tag.contains("digest rules are decided"), "{by_tag}");
+        let both = explain(
+            &config,
+            &policy,
+            Operation::Pull,
+            &format!("registry.example.com/team/app:1@{digest}"),
+        )
+        .expect("explain");
+        assert!(both.contains("deny") && both.contains("bad"), "{both}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub staged_bytes: IntGauge,
     pub search_failures: IntCounterVec,
     pub certificates_issued: IntCounter,
+    pub policy_undecided: IntCounter,
 }
 
 impl Metrics {
@@ -161,7 +162,15 @@ impl Metrics {
                 Opts::new("tls_certificates_issued_total", "Interception certificates issued by the local CA")
                     .namespace(NS),
             )?,
+            policy_undecided: IntCounter::with_opts(
+                Opts::new(
+                    "policy_undecided_total",
+                    "Requests refused because a rule could not be evaluated (a store failed)",
+                )
+                .namespace(NS),
+            )?,
         };
+        registry.register(Box::new(m.policy_undecided.clone()))?;
         registry.register(Box::new(m.proxy_connects.clone()))?;
         registry.register(Box::new(m.policy_decisions.clone()))?;
         registry.register(Box::new(m.policy_reloads.clone()))?;

@@ -22,6 +22,11 @@
 //! [`Provenance::private_only`] sees buffered records at once; dropping the store (or
 //! [`Provenance::flush`]) writes everything.
 //!
+//! A third table, `names`, keeps up to [`MAX_NAMES`] fully qualified names each digest was
+//! seen under (most recent first), for `[[private]]` `name` patterns: an image pulled from
+//! `corp.example.com/team/app` and retagged keeps its origin in its blobs' records. It is
+//! evicted with its digest.
+//!
 //! The store is opened once per process: redb locks the file, and a second `open` of the same
 //! directory fails until the first [`Provenance`] is dropped.
 
@@ -44,6 +49,13 @@ pub const FILE_NAME: &str = "provenance.redb";
 
 const DIGESTS: TableDefinition<&str, (u8, u64)> = TableDefinition::new("digests");
 const BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("by_seq");
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("names");
+
+/// Names kept per digest: enough for the places one layer is really pulled from, bounded so
+/// that a base layer pulled under thousands of names costs the same as any other.
+pub const MAX_NAMES: usize = 8;
+/// Longer names are not recorded (a repository name is far shorter in practice).
+pub const MAX_NAME_BYTES: usize = 255;
 
 /// redb's errors are large (clippy's `result_large_err`); boxed, the `Ok` path stays small.
 type StoreResult<T> = Result<T, Box<redb::Error>>;
@@ -114,11 +126,38 @@ pub enum ProvenanceError {
     Backlog { path: PathBuf, buffered: usize },
 }
 
-/// A buffered record: its flags and its place in the order records arrived.
-#[derive(Clone, Copy, Debug)]
+/// A buffered record: its flags, the names it was seen under (most recent first) and its
+/// place in the order records arrived.
+#[derive(Clone, Debug)]
 struct Buffered {
     flags: u8,
+    names: Vec<Arc<str>>,
     order: u64,
+}
+
+/// Put `name` first in `names`, once, keeping at most [`MAX_NAMES`].
+fn remember_name(names: &mut Vec<Arc<str>>, name: &str) {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return;
+    }
+    names.retain(|n| &**n != name);
+    names.insert(0, Arc::from(name));
+    names.truncate(MAX_NAMES);
+}
+
+/// Newer names first, then older ones not already there, at most [`MAX_NAMES`].
+fn merge_names(newer: &[Arc<str>], older: impl IntoIterator<Item = Arc<str>>) -> Vec<Arc<str>> {
+    let mut out: Vec<Arc<str>> = newer.to_vec();
+    for name in older {
+        if out.len() >= MAX_NAMES {
+            break;
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out.truncate(MAX_NAMES);
+    out
 }
 
 type Batch = HashMap<String, Buffered>;
@@ -135,19 +174,44 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn add(&mut self, digest: &str, flag: u8) {
+    fn add(&mut self, digest: &str, flag: u8, name: Option<&str>) {
         let order = self.next_order;
         self.next_order += 1;
         match self.pending.get_mut(digest) {
             Some(entry) => {
                 entry.flags |= flag;
                 entry.order = order;
+                if let Some(name) = name {
+                    remember_name(&mut entry.names, name);
+                }
             }
             None => {
-                self.pending
-                    .insert(digest.to_owned(), Buffered { flags: flag, order });
+                let mut names = Vec::new();
+                if let Some(name) = name {
+                    remember_name(&mut names, name);
+                }
+                self.pending.insert(
+                    digest.to_owned(),
+                    Buffered {
+                        flags: flag,
+                        names,
+                        order,
+                    },
+                );
             }
         }
+    }
+
+    /// Buffered names of `digest`: the pending batch's, then the one being written.
+    fn names(&self, digest: &str) -> Vec<Arc<str>> {
+        let pending = self.pending.get(digest).map(|b| b.names.as_slice());
+        let inflight = self
+            .inflight
+            .as_ref()
+            .and_then(|batch| batch.get(digest))
+            .map(|b| b.names.clone())
+            .unwrap_or_default();
+        merge_names(pending.unwrap_or_default(), inflight)
     }
 
     fn flags(&self, digest: &str) -> u8 {
@@ -257,13 +321,55 @@ impl Provenance {
     /// [`private_only`](Provenance::private_only) at once. Fails only when the store is
     /// not keeping up ([`MAX_BUFFERED`] records waiting).
     pub fn record(&self, digest: &str, seen: Seen) -> Result<(), ProvenanceError> {
-        self.shared.add(std::iter::once(digest), seen.flag())
+        self.shared.add(std::iter::once(digest), seen.flag(), None)
+    }
+
+    /// Records that `digest` was seen in a registry of this kind under the fully qualified
+    /// `name` (`corp.example.com/team/app`).
+    pub fn record_named(
+        &self,
+        digest: &str,
+        seen: Seen,
+        name: &str,
+    ) -> Result<(), ProvenanceError> {
+        self.shared
+            .add(std::iter::once(digest), seen.flag(), Some(name))
     }
 
     /// Records several digests at once; they are written in the same transaction.
     pub fn record_many(&self, digests: &[String], seen: Seen) -> Result<(), ProvenanceError> {
         self.shared
-            .add(digests.iter().map(String::as_str), seen.flag())
+            .add(digests.iter().map(String::as_str), seen.flag(), None)
+    }
+
+    /// Records several digests seen under one name, in one transaction.
+    pub fn record_many_named(
+        &self,
+        digests: &[String],
+        seen: Seen,
+        name: &str,
+    ) -> Result<(), ProvenanceError> {
+        self.shared
+            .add(digests.iter().map(String::as_str), seen.flag(), Some(name))
+    }
+
+    /// The fully qualified names `digest` was seen under, most recent first (at most
+    /// [`MAX_NAMES`]; none for an unknown or evicted digest).
+    pub fn names(&self, digest: &str) -> Result<Vec<String>, ProvenanceError> {
+        let buffered = lock(&self.shared.buffer).names(digest);
+        let stored = self.shared.read(|txn| {
+            let table = txn.open_table(NAMES).boxed()?;
+            let names = table
+                .get(digest)
+                .boxed()?
+                .map(|entry| split_names(entry.value()))
+                .unwrap_or_default();
+            Ok(names)
+        })?;
+        Ok(merge_names(&buffered, stored)
+            .iter()
+            .map(|n| n.to_string())
+            .collect())
     }
 
     /// True when the digest was seen in a private registry and never in a public one
@@ -323,6 +429,7 @@ impl Shared {
         &self,
         digests: impl ExactSizeIterator<Item = &'d str>,
         flag: u8,
+        name: Option<&str>,
     ) -> Result<(), ProvenanceError> {
         if digests.len() == 0 {
             return Ok(());
@@ -336,7 +443,7 @@ impl Shared {
             });
         }
         for digest in digests {
-            buffer.add(digest, flag);
+            buffer.add(digest, flag, name);
         }
         // The writer sleeps until a batch starts, then until it is due or full.
         let starts = buffer.since.is_none();
@@ -405,8 +512,8 @@ impl Shared {
             buffer.since = None;
             batch
         };
-        let mut ordered: Vec<(&str, Buffered)> =
-            batch.iter().map(|(d, b)| (d.as_str(), *b)).collect();
+        let mut ordered: Vec<(&str, &Buffered)> =
+            batch.iter().map(|(d, b)| (d.as_str(), b)).collect();
         ordered.sort_unstable_by_key(|(_, b)| b.order);
         let result = self.write(&ordered);
         let mut buffer = lock(&self.buffer);
@@ -415,8 +522,9 @@ impl Shared {
             for (digest, old) in ordered {
                 if let Some(newer) = buffer.pending.get_mut(digest) {
                     newer.flags |= old.flags;
+                    newer.names = merge_names(&newer.names, old.names.iter().cloned());
                 } else if buffer.pending.len() < MAX_BUFFERED {
-                    buffer.pending.insert(digest.to_owned(), old);
+                    buffer.pending.insert(digest.to_owned(), old.clone());
                 }
             }
             buffer.since.get_or_insert_with(Instant::now);
@@ -445,7 +553,7 @@ impl Shared {
 
     /// Records `batch` (in order) in one durable write transaction, evicting the least
     /// recently written entries if the store is over its bound.
-    fn write(&self, batch: &[(&str, Buffered)]) -> Result<(), ProvenanceError> {
+    fn write(&self, batch: &[(&str, &Buffered)]) -> Result<(), ProvenanceError> {
         let txn = self
             .db
             .begin_write()
@@ -456,17 +564,18 @@ impl Shared {
         txn.commit().boxed().map_err(|e| self.store_error(e))
     }
 
-    fn write_tables(&self, txn: &WriteTransaction, batch: &[(&str, Buffered)]) -> StoreResult<()> {
+    fn write_tables(&self, txn: &WriteTransaction, batch: &[(&str, &Buffered)]) -> StoreResult<()> {
         let by_seq = txn.open_table(BY_SEQ).boxed()?;
         // The sequence lives in the data itself, so it survives restarts without a counter.
         let next = by_seq.last().boxed()?.map_or(0, |(seq, _)| seq.value() + 1);
         let mut tables = Tables {
             digests: txn.open_table(DIGESTS).boxed()?,
             by_seq,
+            names: txn.open_table(NAMES).boxed()?,
             next,
         };
         for (digest, buffered) in batch {
-            tables.record(digest, buffered.flags)?;
+            tables.record(digest, buffered.flags, &buffered.names)?;
         }
         tables.evict(self.max_entries, self.batch)
     }
@@ -484,15 +593,36 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Both tables of one write transaction and the next sequence number to hand out.
+/// The tables of one write transaction and the next sequence number to hand out.
 struct Tables<'t> {
     digests: Table<'t, &'static str, (u8, u64)>,
     by_seq: Table<'t, u64, &'static str>,
+    names: Table<'t, &'static str, &'static str>,
     next: u64,
 }
 
+/// Names are stored newline-separated: a newline cannot occur in a repository name.
+fn split_names(stored: &str) -> Vec<Arc<str>> {
+    stored
+        .split('\n')
+        .filter(|n| !n.is_empty())
+        .map(Arc::from)
+        .collect()
+}
+
 impl Tables<'_> {
-    fn record(&mut self, digest: &str, flag: u8) -> StoreResult<()> {
+    fn record(&mut self, digest: &str, flag: u8, names: &[Arc<str>]) -> StoreResult<()> {
+        if !names.is_empty() {
+            let stored = self
+                .names
+                .get(digest)
+                .boxed()?
+                .map(|entry| split_names(entry.value()))
+                .unwrap_or_default();
+            let merged = merge_names(names, stored);
+            let joined = merged.iter().map(|n| &**n).collect::<Vec<_>>().join("\n");
+            self.names.insert(digest, joined.as_str()).boxed()?;
+        }
         let old = self.digests.get(digest).boxed()?.map(|entry| entry.value());
         let flags = match old {
             Some((flags, old_seq)) => {
@@ -520,6 +650,7 @@ impl Tables<'_> {
                 break;
             };
             self.digests.remove(digest.value()).boxed()?;
+            self.names.remove(digest.value()).boxed()?;
         }
         Ok(())
     }
@@ -734,6 +865,47 @@ mod tests {
             error.to_string().contains(&path.display().to_string()),
             "{error}"
         );
+    }
+
+    #[test]
+    fn names_are_kept_most_recent_first_bounded_across_flushes_and_evicted_with_their_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Provenance::open(dir.path(), 2).expect("open");
+        let d = digest(1);
+        store
+            .record_named(&d, Seen::Private, "corp.example.com/team/app")
+            .expect("record");
+        assert_eq!(
+            store.names(&d).expect("names"),
+            ["corp.example.com/team/app"],
+            "buffered names are visible at once"
+        );
+        store.flush().expect("flush");
+        store
+            .record_named(&d, Seen::Private, "corp.example.com/other/app")
+            .expect("record");
+        assert_eq!(
+            store.names(&d).expect("names"),
+            ["corp.example.com/other/app", "corp.example.com/team/app"],
+            "buffered and stored names combine, newest first"
+        );
+        for n in 0..20 {
+            store
+                .record_named(&d, Seen::Private, &format!("r.example/n{n}"))
+                .expect("record");
+        }
+        store.flush().expect("flush");
+        let names = store.names(&d).expect("names");
+        assert_eq!(names.len(), MAX_NAMES);
+        assert_eq!(names[0], "r.example/n19");
+        store.record(&digest(2), Seen::Private).expect("record");
+        store.record(&digest(3), Seen::Private).expect("record");
+        store.flush().expect("flush");
+        assert!(
+            store.names(&d).expect("names").is_empty(),
+            "an evicted digest keeps no names"
+        );
+        assert!(store.names(&digest(9)).expect("names").is_empty());
     }
 
     #[test]

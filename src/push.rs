@@ -75,6 +75,14 @@ impl ManifestFacts {
     }
 }
 
+/// What the provenance store knows of a push's staged blobs.
+#[derive(Debug, Default)]
+struct SeenContent {
+    private_only: bool,
+    /// Fully qualified names the blobs were seen under, for `[[private]]` `name` patterns.
+    names: Vec<String>,
+}
+
 /// Image config labels (`config.Labels`).
 pub fn labels(config: &[u8]) -> HashMap<String, String> {
     serde_json::from_slice::<RawConfig>(config)
@@ -288,34 +296,29 @@ impl Proxy {
             Some(config) => labels(&self.read_blob(stage, &upstream, target, config).await?),
             None => HashMap::new(),
         };
-        let private_provenance = match &self.provenance {
-            // Only staged blobs count: the destination already has every other blob.
-            Some(store) => staged
-                .iter()
-                .any(|d| store.private_only(d).unwrap_or(false)),
-            None => false,
-        };
         let policy = self.gate.policy();
+        // Only staged blobs count: the destination already has every other blob.
+        let seen = match self.seen(&policy, &staged) {
+            Ok(seen) => seen,
+            Err(e) => {
+                self.drop_staged(stage, target, &staged);
+                return Err(e);
+            }
+        };
         let content = PushContent {
             registry: &target.registry,
             repository: target.repository.as_str(),
             labels: Some(&labels),
             annotations: Some(&facts.annotations),
-            private_provenance,
-            sources: &[],
+            private_provenance: seen.private_only,
+            sources: &seen.names,
         };
         let verdict = match policy.private_push(&content) {
             None => Verdict::Allow,
             Some(decision) => match self.gate.enforce(decision, &ask.check(target)) {
                 Ok(v) => v,
                 Err(denied) => {
-                    for d in &staged {
-                        stage.remove(&target.registry, d);
-                    }
-                    self.metrics
-                        .staged_bytes
-                        .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
-                    info!(target = %target, blobs = staged.len(), "push refused; staged blobs dropped, nothing sent");
+                    self.drop_staged(stage, target, &staged);
                     return Err(denied);
                 }
             },
@@ -335,7 +338,7 @@ impl Proxy {
                 } else {
                     Seen::Private
                 };
-                if let Err(e) = store.record_many(&facts.blobs, seen) {
+                if let Err(e) = store.record_many_named(&facts.blobs, seen, &target.to_string()) {
                     warn!(error = %e, "cannot record blob provenance");
                 }
             }
@@ -344,6 +347,50 @@ impl Proxy {
             .staged_bytes
             .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
         Ok(crate::proxy::with_warning(resp, verdict))
+    }
+
+    /// Where the staged blobs of a push were seen: only in private registries, and under
+    /// which names. A store that cannot answer leaves a `[[private]]` rule undecided, and
+    /// an undecided rule refuses the push: it never lets it through unjudged.
+    fn seen(
+        &self,
+        policy: &crate::policy::Policy,
+        staged: &[String],
+    ) -> Result<SeenContent, ProxyError> {
+        let mut seen = SeenContent::default();
+        let Some(store) = &self.provenance else {
+            return Ok(seen);
+        };
+        let undecidable = |e: crate::provenance::ProvenanceError| {
+            self.metrics.policy_undecided.inc();
+            warn!(error = %e, "provenance store failed; refusing the push it was asked about");
+            ProxyError::Denied(format!(
+                "push refused: the private-push rules cannot be evaluated ({e}); retry later or ask an administrator"
+            ))
+        };
+        for digest in staged {
+            if policy.private_uses_provenance()
+                && store.private_only(digest).map_err(undecidable)?
+            {
+                seen.private_only = true;
+            }
+            for name in store.names(digest).map_err(undecidable)? {
+                if !seen.names.contains(&name) {
+                    seen.names.push(name);
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    fn drop_staged(&self, stage: &Stage, target: &Target, staged: &[String]) {
+        for d in staged {
+            stage.remove(&target.registry, d);
+        }
+        self.metrics
+            .staged_bytes
+            .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
+        info!(target = %target, blobs = staged.len(), "push refused; staged blobs dropped, nothing sent");
     }
 
     /// A config blob, from the stage or from the destination.

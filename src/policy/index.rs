@@ -237,6 +237,12 @@ impl Index {
         each(Some(&self.any));
     }
 
+    /// Does any rule name a digest? Only then must a manifest served by tag be hashed to be
+    /// decided.
+    pub fn has_digests(&self) -> bool {
+        !self.by_digest.is_empty()
+    }
+
     pub fn pattern_sets(&self) -> usize {
         self.pattern_sets.len() + usize::from(self.pattern_rest.is_some())
     }

@@ -391,6 +391,12 @@ impl Policy {
         }
     }
 
+    /// Does any rule name a digest? A manifest served by tag is then decided on the digest
+    /// of its body as well, so that a digest rule holds whatever the content is called.
+    pub fn has_digest_rules(&self) -> bool {
+        self.index.has_digests()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty() && self.private.len() == 0 && self.registries.entries().is_empty()
     }

@@ -95,8 +95,15 @@ impl KeyValue {
 }
 
 impl PrivateRule {
+    /// Labels, annotations and provenance are read off the image itself.
     fn uses_content(&self) -> bool {
         !self.labels.is_empty() || !self.annotations.is_empty() || self.provenance
+    }
+
+    /// `name` patterns also match the names the pushed content was seen under, which only
+    /// the blobs of the push tell: every rule needs the push staged.
+    fn needs_staging(&self) -> bool {
+        self.uses_content() || !self.names.is_empty()
     }
 
     /// Three criteria, each holding when absent: names, marks (labels and annotations
@@ -162,7 +169,8 @@ impl Policy {
     }
 
     /// What can be decided at the first request of a push, from the destination name alone:
-    /// only rules with nothing but `name` patterns take part.
+    /// only rules with nothing but `name` patterns take part. The same rules are decided
+    /// again on the manifest, against the names the content was seen under.
     pub fn private_push_by_name(&self, registry: &str, repository: &str) -> Option<Decision> {
         if !self.is_public(registry) {
             return None;
@@ -176,10 +184,15 @@ impl Policy {
             .strongest(|rule| !rule.uses_content() && rule.matches(&c))
     }
 
-    /// Does a push to `registry` need its labels, annotations or provenance checked, so that
-    /// the proxy must stage its blobs until the manifest arrives?
+    /// Does a push to `registry` need its labels, annotations, provenance or source names
+    /// checked, so that the proxy must stage its blobs until the manifest arrives?
     pub fn private_needs_content(&self, registry: &str) -> bool {
-        self.is_public(registry) && self.private.rules.iter().any(PrivateRule::uses_content)
+        self.is_public(registry) && self.private.rules.iter().any(PrivateRule::needs_staging)
+    }
+
+    /// Does any `[[private]]` rule use provenance (so a store failure leaves it undecided)?
+    pub fn private_uses_provenance(&self) -> bool {
+        self.private.rules.iter().any(|r| r.provenance)
     }
 }
 
@@ -380,7 +393,10 @@ provenance = true
         let names_only = policy(
             "[[private]]\nid = \"n\"\nmessage = \"m\"\naction = \"warn\"\nname = \"corp/\"\n",
         );
-        assert!(!names_only.private_needs_content("docker.io"));
+        // Names also match where the content was seen (a retagged private image), which
+        // only the staged blobs tell.
+        assert!(names_only.private_needs_content("docker.io"));
+        assert!(!names_only.private_needs_content("corp.example.com"));
     }
 
     #[test]

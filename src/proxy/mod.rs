@@ -16,10 +16,13 @@
 //! Pushes whose policy needs their content are staged in [`crate::push`].
 
 mod listing;
+mod mount;
+mod namespace;
 mod record;
 mod request;
 mod respond;
 mod send;
+mod served;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +37,7 @@ use crate::body::{boxed, full, ProxyBody};
 use crate::cache::ManifestCache;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::gate::{Check, Gate};
+use crate::gate::{Check, Gate, Verdict};
 use crate::metrics::{status_class, Counted, Metrics};
 use crate::policy::Operation;
 use crate::provenance::Provenance;
@@ -102,6 +105,20 @@ impl<'a> Ask<'a> {
             listener: self.listener,
         }
     }
+}
+
+/// The listener name of the mirror endpoint, where containerd's `ns` names the registry.
+pub const MIRROR: &str = "mirror";
+
+/// A search or mirror pull, tried registry by registry.
+struct InOrder<'a> {
+    ask: &'a Ask<'a>,
+    raw_name: &'a str,
+    name: &'a Name,
+    policy: &'a crate::policy::Policy,
+    /// Decide the answer on its digest ([`served`]); `head`: the client asked with HEAD.
+    served: bool,
+    head: bool,
 }
 
 pub struct Proxy {
@@ -194,6 +211,14 @@ impl Proxy {
                 };
                 (e.into_response(), decision)
             }
+        };
+        // A HEAD answer has no body, whoever wrote it (an error, `/v2/`); over HTTP/2
+        // sending one is a protocol error and the client sees a reset instead of the
+        // status. The headers (Content-Length included) stay, as for a GET.
+        let resp = if method == Method::HEAD {
+            resp.map(|_| crate::body::empty())
+        } else {
+            resp
         };
         let resolved = resp
             .headers()
@@ -315,10 +340,23 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
-        let name = match &inbound.registry {
+        let (ns, mut req) = namespace::take_ns(req)?;
+        let scope = self.scope(inbound, ns.as_deref())?;
+        let name = match scope {
             None => Name::parse(&raw_name)?,
             Some(registry) => self.scoped_name(registry, &raw_name)?,
         };
+        if let (Some(ns), None) = (&ns, scope) {
+            // The path names the registry here; an `ns` must agree with it.
+            match &name {
+                Name::Qualified { registry, .. } if registry == ns => {}
+                _ => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "ns={ns} does not name the registry of {raw_name}"
+                    )))
+                }
+            }
+        }
         check_method(&route, req.method())?;
         let method = req.method().clone();
         let reading = matches!(method, Method::GET | Method::HEAD)
@@ -340,6 +378,13 @@ impl Proxy {
             user: user.as_deref(),
             listener: inbound.listener,
         };
+        // Decided on the digest of what is served: the upstream is asked for the body even
+        // when the client only asked for the headers.
+        let served = served::needs_served_digest(&route, &method, &policy);
+        let head = served && method == Method::HEAD;
+        if head {
+            *req.method_mut() = Method::GET;
+        }
         match plan {
             Plan::One(target) => {
                 let verdict = self.gate.check(&ask.check(&target))?;
@@ -348,6 +393,10 @@ impl Proxy {
                     let req = match Box::pin(staged).await? {
                         Ok(resp) => return Ok(with_warning(resp, verdict)),
                         Err(req) => req,
+                    };
+                    let req = match route {
+                        Route::UploadStart { .. } => self.judge_mount(req, &ask, &target, scope)?,
+                        _ => req,
                     };
                     let pushed = match (&route, &method) {
                         (Route::Upload { .. }, &Method::PUT) => {
@@ -373,6 +422,13 @@ impl Proxy {
                 // future was 50 KB and moving it was a tenth of the per-request instructions;
                 // boxed at this level it is under 4 KB.
                 let resp = Box::pin(self.forward(&route, &raw_name, &target, req)).await?;
+                let (resp, verdict) = if served {
+                    let (resp, by_digest) =
+                        Box::pin(self.judge_served(&ask, &target, &policy, resp, head)).await?;
+                    (resp, by_digest.unwrap_or(verdict))
+                } else {
+                    (resp, verdict)
+                };
                 if reading && resp.status().is_success() {
                     self.resolver.remember(&name, &target.registry);
                     self.record_provenance(&route, &target);
@@ -380,11 +436,46 @@ impl Proxy {
                 Ok(with_warning(resp, verdict))
             }
             Plan::Search(targets) => {
-                Box::pin(self.in_order(&ask, &raw_name, &name, &targets, req, false)).await
+                let order = InOrder {
+                    ask: &ask,
+                    raw_name: &raw_name,
+                    name: &name,
+                    policy: &policy,
+                    served,
+                    head,
+                };
+                Box::pin(self.in_order(&order, &targets, req, false)).await
             }
             Plan::Mirrors(targets) => {
-                Box::pin(self.in_order(&ask, &raw_name, &name, &targets, req, true)).await
+                let order = InOrder {
+                    ask: &ask,
+                    raw_name: &raw_name,
+                    name: &name,
+                    policy: &policy,
+                    served,
+                    head,
+                };
+                Box::pin(self.in_order(&order, &targets, req, true)).await
             }
+        }
+    }
+
+    /// The registry a request's names are relative to: the intercepted host, or on the
+    /// mirror endpoint the registry containerd names with `ns` (docker.io without it).
+    fn scope<'a>(
+        &self,
+        inbound: &'a Inbound,
+        ns: Option<&'a str>,
+    ) -> Result<Option<&'a str>, ProxyError> {
+        match (inbound.listener, ns, inbound.registry.as_deref()) {
+            (MIRROR, Some(ns), _) => match self.upstreams.get(ns) {
+                Some(_) => Ok(Some(ns)),
+                None => Err(ProxyError::RegistryNotAllowed(ns.to_owned())),
+            },
+            (_, Some(ns), Some(registry)) if ns != registry => Err(ProxyError::BadRequest(
+                format!("ns={ns} does not name the registry this connection is for ({registry})"),
+            )),
+            (_, _, registry) => Ok(registry),
         }
     }
 
@@ -396,14 +487,13 @@ impl Proxy {
     /// source, and the primary location (last) answers whatever it answers.
     async fn in_order(
         &self,
-        ask: &Ask<'_>,
-        raw_name: &str,
-        name: &Name,
+        order: &InOrder<'_>,
         targets: &[Target],
         req: Request<Incoming>,
         mirrors: bool,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, _) = req.into_parts();
+        let (ask, raw_name) = (order.ask, order.raw_name);
         let route = ask.route;
         let mut tried = Vec::new();
         let mut denied = None;
@@ -434,6 +524,7 @@ impl Proxy {
                 StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
             ) && !status.is_server_error();
             if mirrors && (found || last) {
+                let (resp, verdict) = self.served(order, target, resp, verdict).await?;
                 if found {
                     self.record_provenance(route, target);
                 }
@@ -453,12 +544,13 @@ impl Proxy {
                 tried.push(target.to_string());
                 continue;
             }
+            let (resp, verdict) = self.served(order, target, resp, verdict).await?;
             info!(name = %raw_name, resolved = %target, "short name resolved");
             self.metrics
                 .resolutions
                 .with_label_values(&[&target.registry])
                 .inc();
-            self.resolver.remember(name, &target.registry);
+            self.resolver.remember(order.name, &target.registry);
             self.record_provenance(route, target);
             return Ok(with_warning(resp, verdict));
         }
@@ -470,6 +562,22 @@ impl Proxy {
             what: what(route),
             tried: tried.join(", "),
         })
+    }
+
+    /// The digest decision of a search or mirror answer, when the policy needs one.
+    async fn served(
+        &self,
+        order: &InOrder<'_>,
+        target: &Target,
+        resp: Response<ProxyBody>,
+        verdict: Verdict,
+    ) -> Result<(Response<ProxyBody>, Verdict), ProxyError> {
+        if !order.served {
+            return Ok((resp, verdict));
+        }
+        let judged = self.judge_served(order.ask, target, order.policy, resp, order.head);
+        let (resp, by_digest) = Box::pin(judged).await?;
+        Ok((resp, by_digest.unwrap_or(verdict)))
     }
 
     pub(crate) fn upstreams(&self) -> &Upstreams {

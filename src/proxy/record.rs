@@ -1,6 +1,6 @@
 //! Blob provenance, recorded as the pipeline sees blobs pass: private-push protection
 //! later asks the [`crate::provenance`] store whether a blob was only ever seen in private
-//! registries. Recording is best effort: a failure is logged, never fails the request.
+//! registries, and under which fully qualified names. Recording is best effort: a failure is logged, never fails the request.
 
 use tracing::warn;
 
@@ -26,7 +26,7 @@ impl Proxy {
         } else {
             Seen::Private
         };
-        if let Err(e) = store.record(digest, seen) {
+        if let Err(e) = store.record_named(digest, seen, &target.to_string()) {
             warn!(error = %e, "cannot record blob provenance");
         }
     }
@@ -41,7 +41,7 @@ impl Proxy {
         } else {
             Seen::Private
         };
-        if let Err(e) = store.record(digest, seen) {
+        if let Err(e) = store.record_named(digest, seen, &target.to_string()) {
             warn!(error = %e, "cannot record blob provenance");
         }
     }
