@@ -20,7 +20,8 @@ use std::time::Instant;
 
 use crate::harness::image::{sha256_digest, MANIFEST_MEDIA_TYPE};
 use crate::harness::matrix::{
-    backend_has_blob, backend_has_manifest, short, Answer, Door, Img, Listener, Proto, DOCKER_HUB,
+    backend_has_blob, backend_has_manifest, short, Answer, Door, Flavor, Img, Listener, Proto,
+    DOCKER_HUB,
 };
 use crate::harness::net::free_port;
 use crate::harness::process::describe;
@@ -98,14 +99,6 @@ enum Source {
     PulledFromExample,
     /// A new image, never seen anywhere.
     Fresh(Mark),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Flavor {
-    /// POST, then one PUT with the whole blob.
-    Monolithic,
-    /// POST, PATCH, then an empty PUT.
-    Chunked,
 }
 
 /// What a row does. Registries and repositories are named as the policy sees them; the
@@ -786,7 +779,7 @@ impl World {
             Ok(s) => s,
             Err(e) => return setup_failure(request, e),
         };
-        let log = push(door, row.proto, &dest, &img, flavor);
+        let log = door.push(row.proto, HUB, &dest, "1", &img, flavor);
         let leaked: Vec<String> = img
             .blobs()
             .iter()
@@ -830,7 +823,7 @@ impl World {
             "{method} {HUB}/other/x blob {} staged by a push to {HUB}/{dest}",
             short(digest)
         );
-        let staged = upload(door, row.proto, &dest, digest, bytes, Flavor::Monolithic);
+        let staged = door.upload(row.proto, HUB, &dest, digest, bytes, Flavor::Monolithic);
         if staged.last.status != 201 {
             return setup_failure(
                 request,
@@ -993,110 +986,6 @@ fn answered_by_hub(a: &Answer, repository: &str) -> bool {
 fn listed(text: &str, registry: &str, repository: &str) -> bool {
     text.contains(&format!("\"{registry}/{repository}\""))
         || text.contains(&format!("\"{repository}\""))
-}
-
-struct PushLog {
-    steps: Vec<String>,
-    last: Answer,
-    completed: bool,
-}
-
-fn with_query(url: &str, pair: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{pair}")
-}
-
-/// One blob to docker.io/`repository`, as a client of `door` would upload it.
-fn upload(
-    door: &Door,
-    proto: Proto,
-    repository: &str,
-    digest: &str,
-    bytes: &[u8],
-    flavor: Flavor,
-) -> PushLog {
-    let octets = [("Content-Type", "application/octet-stream")];
-    let mut steps = Vec::new();
-    let start = door.send(
-        proto,
-        "POST",
-        &door.repo_url(HUB, repository, "blobs/uploads/"),
-        &octets,
-        Some(&[]),
-    );
-    steps.push(format!("POST {}", start.summary()));
-    let Some(location) = start.header("location").filter(|_| start.status == 202) else {
-        return PushLog {
-            steps,
-            last: start,
-            completed: false,
-        };
-    };
-    let mut location = door.follow(HUB, location);
-    if let Flavor::Chunked = flavor {
-        let range = format!("0-{}", bytes.len() - 1);
-        let headers = [
-            ("Content-Type", "application/octet-stream"),
-            ("Content-Range", range.as_str()),
-        ];
-        let patch = door.send(proto, "PATCH", &location, &headers, Some(bytes));
-        steps.push(format!("PATCH {}", patch.summary()));
-        match patch.header("location").filter(|_| patch.status == 202) {
-            Some(next) => location = door.follow(HUB, next),
-            None => {
-                return PushLog {
-                    steps,
-                    last: patch,
-                    completed: false,
-                }
-            }
-        }
-    }
-    let body: &[u8] = match flavor {
-        Flavor::Monolithic => bytes,
-        Flavor::Chunked => &[],
-    };
-    let put = door.send(
-        proto,
-        "PUT",
-        &with_query(&location, &format!("digest={digest}")),
-        &octets,
-        Some(body),
-    );
-    steps.push(format!("PUT {}", put.summary()));
-    let completed = put.status == 201;
-    PushLog {
-        steps,
-        last: put,
-        completed,
-    }
-}
-
-/// The whole image to docker.io/`repository`:1: both blobs, then the manifest.
-fn push(door: &Door, proto: Proto, repository: &str, img: &Img, flavor: Flavor) -> PushLog {
-    let mut steps = Vec::new();
-    for (digest, bytes) in img.blobs() {
-        let log = upload(door, proto, repository, &digest, bytes, flavor);
-        steps.extend(log.steps);
-        if !log.completed {
-            return PushLog { steps, ..log };
-        }
-    }
-    let url = door.repo_url(HUB, repository, "manifests/1");
-    let put = door.send(
-        proto,
-        "PUT",
-        &url,
-        &[("Content-Type", MANIFEST_MEDIA_TYPE)],
-        Some(&img.manifest),
-    );
-    steps.push(format!("PUT manifest {}", put.summary()));
-    let completed = put.status == 201;
-    PushLog {
-        steps,
-        last: put,
-        completed,
-    }
 }
 
 #[test]

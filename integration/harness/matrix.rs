@@ -257,6 +257,14 @@ impl Answer {
 
     /// The summary with the body (cut short), for the failure report.
     pub fn detail(&self) -> String {
+        if !self.body.is_empty() && !self.body.starts_with(b"{") {
+            return format!(
+                "{} (HTTP/{}) body: <{} bytes>",
+                self.summary(),
+                self.version,
+                self.body.len()
+            );
+        }
         let mut text = self.text();
         if text.len() > 400 {
             let cut = (0..=400)
@@ -278,6 +286,29 @@ impl Answer {
 /// `sha256:1234abcd` from a full digest.
 pub fn short(digest: &str) -> String {
     digest.chars().take(15).collect()
+}
+
+/// How an upload sends a blob.
+#[derive(Clone, Copy, Debug)]
+pub enum Flavor {
+    /// POST, then one PUT with the whole blob.
+    Monolithic,
+    /// POST, PATCH, then an empty PUT.
+    Chunked,
+}
+
+/// The requests of an upload or a push, as far as they got.
+pub struct PushLog {
+    /// `POST 202 → PUT 201 …`, one entry per request.
+    pub steps: Vec<String>,
+    /// The answer to the last request sent (the refusal, when one came).
+    pub last: Answer,
+    pub completed: bool,
+}
+
+fn with_query(url: &str, pair: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{pair}")
 }
 
 /// One listener of one portcullis, reached with curl.
@@ -460,6 +491,90 @@ impl Door {
         let _ = std::fs::remove_file(head_file);
         let _ = std::fs::remove_file(body_file);
         answer
+    }
+
+    /// One blob to `registry/repository`, as a client of this listener uploads it.
+    pub fn upload(
+        &self,
+        proto: Proto,
+        registry: &str,
+        repository: &str,
+        digest: &str,
+        bytes: &[u8],
+        flavor: Flavor,
+    ) -> PushLog {
+        let octets = [("Content-Type", "application/octet-stream")];
+        let start_url = self.repo_url(registry, repository, "blobs/uploads/");
+        let start = self.send(proto, "POST", &start_url, &octets, Some(&[]));
+        let mut steps = vec![format!("POST {}", start.summary())];
+        let Some(location) = start.header("location").filter(|_| start.status == 202) else {
+            return PushLog {
+                steps,
+                last: start,
+                completed: false,
+            };
+        };
+        let mut location = self.follow(registry, location);
+        if let Flavor::Chunked = flavor {
+            let range = format!("0-{}", bytes.len().saturating_sub(1));
+            let headers = [octets[0], ("Content-Range", range.as_str())];
+            let patch = self.send(proto, "PATCH", &location, &headers, Some(bytes));
+            steps.push(format!("PATCH {}", patch.summary()));
+            match patch.header("location").filter(|_| patch.status == 202) {
+                Some(next) => location = self.follow(registry, next),
+                None => {
+                    return PushLog {
+                        steps,
+                        last: patch,
+                        completed: false,
+                    }
+                }
+            }
+        }
+        let body: &[u8] = match flavor {
+            Flavor::Monolithic => bytes,
+            Flavor::Chunked => &[],
+        };
+        let done = with_query(&location, &format!("digest={digest}"));
+        let put = self.send(proto, "PUT", &done, &octets, Some(body));
+        steps.push(format!("PUT {}", put.summary()));
+        let completed = put.status == 201;
+        PushLog {
+            steps,
+            last: put,
+            completed,
+        }
+    }
+
+    /// The whole image to `registry/repository:tag`: both blobs, then the manifest. Stops at
+    /// the first request that does not succeed.
+    pub fn push(
+        &self,
+        proto: Proto,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        img: &Img,
+        flavor: Flavor,
+    ) -> PushLog {
+        let mut steps = Vec::new();
+        for (digest, bytes) in img.blobs() {
+            let log = self.upload(proto, registry, repository, &digest, bytes, flavor);
+            steps.extend(log.steps);
+            if !log.completed {
+                return PushLog { steps, ..log };
+            }
+        }
+        let url = self.repo_url(registry, repository, &format!("manifests/{tag}"));
+        let headers = [("Content-Type", MANIFEST_MEDIA_TYPE)];
+        let put = self.send(proto, "PUT", &url, &headers, Some(&img.manifest));
+        steps.push(format!("PUT manifest {}", put.summary()));
+        let completed = put.status == 201;
+        PushLog {
+            steps,
+            last: put,
+            completed,
+        }
     }
 }
 
