@@ -8,6 +8,7 @@
 mod harness;
 
 mod api;
+mod bypass;
 mod cli;
 mod core;
 mod forward;

@@ -14,6 +14,7 @@ pub mod fault;
 pub mod http;
 pub mod image;
 pub mod jail;
+pub mod matrix;
 pub mod net;
 pub mod portcullis;
 pub mod process;
