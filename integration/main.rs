@@ -12,6 +12,7 @@ mod bypass;
 mod cli;
 mod core;
 mod forward;
+mod gate;
 mod harness_selftest;
 mod ops;
 mod policy;

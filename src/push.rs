@@ -18,7 +18,7 @@ use crate::body::{boxed, empty, full, ProxyBody};
 use crate::error::ProxyError;
 use crate::gate::Verdict;
 use crate::policy::PushContent;
-use crate::provenance::Seen;
+use crate::provenance::{Provenance, ProvenanceError, Seen};
 use crate::proxy::{Ask, Proxy, MAX_MANIFEST};
 use crate::resolve::Target;
 use crate::route::Route;
@@ -81,6 +81,43 @@ struct SeenContent {
     private_only: bool,
     /// Fully qualified names the blobs were seen under, for `[[private]]` `name` patterns.
     names: Vec<String>,
+}
+
+/// What private-push protection asks the provenance store (a trait so that a failing store
+/// can be tested).
+pub(crate) trait Lookup {
+    fn private_only(&self, digest: &str) -> Result<bool, ProvenanceError>;
+    fn names(&self, digest: &str) -> Result<Vec<String>, ProvenanceError>;
+}
+
+impl Lookup for Provenance {
+    fn private_only(&self, digest: &str) -> Result<bool, ProvenanceError> {
+        Provenance::private_only(self, digest)
+    }
+
+    fn names(&self, digest: &str) -> Result<Vec<String>, ProvenanceError> {
+        Provenance::names(self, digest)
+    }
+}
+
+/// Provenance and names of `staged`; any store error is the caller's to refuse on.
+fn seen_content(
+    store: &dyn Lookup,
+    uses_provenance: bool,
+    staged: &[String],
+) -> Result<SeenContent, ProvenanceError> {
+    let mut seen = SeenContent::default();
+    for digest in staged {
+        if uses_provenance && store.private_only(digest)? {
+            seen.private_only = true;
+        }
+        for name in store.names(digest)? {
+            if !seen.names.contains(&name) {
+                seen.names.push(name);
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// Image config labels (`config.Labels`).
@@ -349,38 +386,24 @@ impl Proxy {
         Ok(crate::proxy::with_warning(resp, verdict))
     }
 
-    /// Where the staged blobs of a push were seen: only in private registries, and under
-    /// which names. A store that cannot answer leaves a `[[private]]` rule undecided, and
-    /// an undecided rule refuses the push: it never lets it through unjudged.
+    /// Where the staged blobs of a push were seen. A store that cannot answer leaves a
+    /// `[[private]]` rule undecided, and an undecided rule refuses the push: it never lets
+    /// it through unjudged.
     fn seen(
         &self,
         policy: &crate::policy::Policy,
         staged: &[String],
     ) -> Result<SeenContent, ProxyError> {
-        let mut seen = SeenContent::default();
         let Some(store) = &self.provenance else {
-            return Ok(seen);
+            return Ok(SeenContent::default());
         };
-        let undecidable = |e: crate::provenance::ProvenanceError| {
+        seen_content(&**store, policy.private_uses_provenance(), staged).map_err(|e| {
             self.metrics.policy_undecided.inc();
             warn!(error = %e, "provenance store failed; refusing the push it was asked about");
             ProxyError::Denied(format!(
                 "push refused: the private-push rules cannot be evaluated ({e}); retry later or ask an administrator"
             ))
-        };
-        for digest in staged {
-            if policy.private_uses_provenance()
-                && store.private_only(digest).map_err(undecidable)?
-            {
-                seen.private_only = true;
-            }
-            for name in store.names(digest).map_err(undecidable)? {
-                if !seen.names.contains(&name) {
-                    seen.names.push(name);
-                }
-            }
-        }
-        Ok(seen)
+        })
     }
 
     fn drop_staged(&self, stage: &Stage, target: &Target, staged: &[String]) {
@@ -542,6 +565,55 @@ mod tests {
             ManifestFacts::default()
         );
         assert!(ManifestFacts::parse(b"nope").is_err());
+    }
+
+    struct Failing;
+
+    impl Lookup for Failing {
+        fn private_only(&self, _: &str) -> Result<bool, ProvenanceError> {
+            Err(ProvenanceError::Backlog {
+                path: "/state/provenance.redb".into(),
+                buffered: 65536,
+            })
+        }
+
+        fn names(&self, _: &str) -> Result<Vec<String>, ProvenanceError> {
+            Err(ProvenanceError::Backlog {
+                path: "/state/provenance.redb".into(),
+                buffered: 65536,
+            })
+        }
+    }
+
+    #[test]
+    fn a_failing_provenance_store_is_an_error_never_not_private() {
+        let staged = ["sha256:a".to_owned()];
+        assert!(seen_content(&Failing, true, &staged).is_err());
+        // Names are looked up for every private rule, so even without provenance rules a
+        // failing store leaves the push undecided.
+        assert!(seen_content(&Failing, false, &staged).is_err());
+        assert!(seen_content(&Failing, true, &[]).is_ok());
+    }
+
+    #[test]
+    fn staged_blobs_carry_their_provenance_and_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Provenance::open(dir.path(), 100).expect("store");
+        store
+            .record_named("sha256:a", Seen::Private, "corp.example.com/team/app")
+            .expect("record");
+        store
+            .record_named("sha256:b", Seen::Public, "docker.io/library/alpine")
+            .expect("record");
+        let staged = ["sha256:a".to_owned(), "sha256:b".to_owned()];
+        let seen = seen_content(&store, true, &staged).expect("seen");
+        assert!(seen.private_only);
+        assert_eq!(
+            seen.names,
+            ["corp.example.com/team/app", "docker.io/library/alpine"]
+        );
+        let public = seen_content(&store, true, &staged[1..]).expect("seen");
+        assert!(!public.private_only);
     }
 
     #[test]

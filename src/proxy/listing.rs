@@ -9,7 +9,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::policy::Operation;
 
-use super::{Inbound, Proxy};
+use super::Proxy;
 
 impl Proxy {
     /// `/v2/_catalog` across the search registries, names fully qualified, paginated over
@@ -17,7 +17,7 @@ impl Proxy {
     pub(super) async fn catalog(
         &self,
         req: &Request<Incoming>,
-        inbound: &Inbound,
+        scope: Option<&str>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // What may not be listed, or pulled, is not shown.
         let policy = self.gate.policy();
@@ -26,8 +26,9 @@ impl Proxy {
                 && (repository.is_empty()
                     || policy.permits_name(Operation::Pull, registry, repository))
         };
-        match &inbound.registry {
-            // An intercepted registry lists its own catalog, with its own names.
+        match scope {
+            // An intercepted registry (or the one a mirror request names) lists its own
+            // catalog, with its own names.
             Some(registry) => {
                 let only = [registry.to_string()];
                 crate::catalog::serve(&only, false, &self.upstreams, req, &visible).await

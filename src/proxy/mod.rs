@@ -110,6 +110,14 @@ impl<'a> Ask<'a> {
 /// The listener name of the mirror endpoint, where containerd's `ns` names the registry.
 pub const MIRROR: &str = "mirror";
 
+/// Where a request's names are relative to: its listener, containerd's `ns` if it sent
+/// one, and the registry that makes the names relative (intercepted host, mirror `ns`).
+struct Scoped<'a> {
+    inbound: &'a Inbound,
+    ns: Option<&'a str>,
+    scope: Option<&'a str>,
+}
+
 /// A search or mirror pull, tried registry by registry.
 struct InOrder<'a> {
     ask: &'a Ask<'a>,
@@ -274,9 +282,15 @@ impl Proxy {
         inbound: &Inbound,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // containerd's `ns` is read here, once, and never goes upstream.
+        let (ns, req) = namespace::take_ns(req)?;
+        let scope = self.scope(inbound, ns.as_deref())?;
         match route {
             Route::Base => Ok(self.base(&req)),
-            Route::Catalog => Box::pin(self.catalog(&req, inbound)).await,
+            Route::Catalog if ns.is_some() && scope.is_none() => Err(ProxyError::BadRequest(
+                "ns= names a registry only on the mirror endpoint".to_owned(),
+            )),
+            Route::Catalog => Box::pin(self.catalog(&req, scope)).await,
             Route::V1Ping => Ok(crate::search::ping()),
             Route::V1Search => {
                 let policy = self.gate.policy();
@@ -289,7 +303,14 @@ impl Proxy {
                         .serve(&registries, &self.upstreams, &self.metrics, &req, &visible);
                 Box::pin(search).await
             }
-            _ => self.repository(route, req, inbound, peer).await,
+            _ => {
+                let scoped = Scoped {
+                    inbound,
+                    ns: ns.as_deref(),
+                    scope,
+                };
+                self.repository(route, req, &scoped, peer).await
+            }
         }
     }
 
@@ -335,21 +356,20 @@ impl Proxy {
     async fn repository(
         &self,
         route: Route,
-        req: Request<Incoming>,
-        inbound: &Inbound,
+        mut req: Request<Incoming>,
+        scoped: &Scoped<'_>,
         peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
-        let (ns, mut req) = namespace::take_ns(req)?;
-        let scope = self.scope(inbound, ns.as_deref())?;
+        let (inbound, ns, scope) = (scoped.inbound, scoped.ns, scoped.scope);
         let name = match scope {
             None => Name::parse(&raw_name)?,
             Some(registry) => self.scoped_name(registry, &raw_name)?,
         };
-        if let (Some(ns), None) = (&ns, scope) {
+        if let (Some(ns), None) = (ns, scope) {
             // The path names the registry here; an `ns` must agree with it.
             match &name {
-                Name::Qualified { registry, .. } if registry == ns => {}
+                Name::Qualified { registry, .. } if registry.as_str() == ns => {}
                 _ => {
                     return Err(ProxyError::BadRequest(format!(
                         "ns={ns} does not name the registry of {raw_name}"
