@@ -15,3 +15,4 @@ mod harness_selftest;
 mod ops;
 mod policy;
 mod search;
+mod upstream_faults;
