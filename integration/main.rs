@@ -17,3 +17,4 @@ mod harness_selftest;
 mod ops;
 mod policy;
 mod search;
+mod upstream_faults;

@@ -1,8 +1,10 @@
 //! Streaming bodies: the one boxed body type the proxy passes around, and wrappers that
-//! keep a stream honest (idle timeout, digest verification) without buffering it.
+//! keep a stream honest (idle timeout, digest verification) without buffering it, and say
+//! so when they cut one off ([`Reported`]).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -11,6 +13,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use sha2::{Digest as _, Sha256, Sha512};
 use tokio::time::{Instant, Sleep};
+use tracing::warn;
+
+use crate::metrics::Metrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -212,6 +217,126 @@ where
     }
 }
 
+/// Why an upstream body was cut off before its end; a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The content did not match its digest ([`Verified`]).
+    DigestMismatch,
+    /// The upstream closed before the length it announced.
+    Truncated,
+    /// The upstream stopped sending ([`IdleTimeout`]).
+    IdleTimeout,
+    /// Any other failure reading the upstream's body (a reset, a bad chunk).
+    UpstreamError,
+}
+
+impl AbortReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortReason::DigestMismatch => "digest_mismatch",
+            AbortReason::Truncated => "truncated",
+            AbortReason::IdleTimeout => "idle_timeout",
+            AbortReason::UpstreamError => "upstream_error",
+        }
+    }
+
+    /// Classify a body error by its cause chain. hyper reports a body shorter than its
+    /// `Content-Length` as a body error caused by an `UnexpectedEof` I/O error.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> AbortReason {
+        let mut cause = Some(error);
+        while let Some(e) = cause {
+            if e.is::<DigestMismatch>() {
+                return AbortReason::DigestMismatch;
+            }
+            if e.is::<BodyTimeout>() {
+                return AbortReason::IdleTimeout;
+            }
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_incomplete_message() {
+                    return AbortReason::Truncated;
+                }
+            }
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+            {
+                return AbortReason::Truncated;
+            }
+            cause = e.source();
+        }
+        AbortReason::UpstreamError
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream body that, when it fails, logs one warning naming the registry, the
+    /// digest and the reason, and counts it in `portcullis_body_aborts_total`: the client
+    /// only sees a connection cut short, and the access line was written with the headers.
+    pub struct Reported<B> {
+        #[pin]
+        inner: B,
+        registry: String,
+        digest: String,
+        metrics: Arc<Metrics>,
+        reported: bool,
+    }
+}
+
+impl<B> Reported<B> {
+    /// `digest` is what the client asked for, or `-` for a body that is not content-addressed.
+    pub fn new(inner: B, registry: &str, digest: &str, metrics: Arc<Metrics>) -> Self {
+        Reported {
+            inner,
+            registry: registry.to_owned(),
+            digest: digest.to_owned(),
+            metrics,
+            reported: false,
+        }
+    }
+}
+
+impl<B> Body for Reported<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Err(e)) => {
+                let e: BoxError = e.into();
+                if !*this.reported {
+                    *this.reported = true;
+                    let reason = AbortReason::of(e.as_ref());
+                    warn!(
+                        registry = %this.registry,
+                        digest = %this.digest,
+                        reason = %reason.as_str(),
+                        error = %e,
+                        "upstream body aborted"
+                    );
+                    this.metrics.body_aborted(this.registry, reason);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            other => Poll::Ready(other.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +391,54 @@ mod tests {
             panic!("a stalled body must time out")
         };
         assert!(err.to_string().contains("no body data"), "{err}");
+    }
+
+    #[test]
+    fn abort_reasons_come_from_the_cause_chain() {
+        let mismatch: BoxError = Box::new(DigestMismatch {
+            expected: "a".into(),
+            actual: "b".into(),
+            got: 1,
+        });
+        assert_eq!(
+            AbortReason::of(mismatch.as_ref()),
+            AbortReason::DigestMismatch
+        );
+        let timeout: BoxError = Box::new(BodyTimeout(Duration::from_secs(1)));
+        assert_eq!(AbortReason::of(timeout.as_ref()), AbortReason::IdleTimeout);
+        #[derive(Debug, thiserror::Error)]
+        #[error("body error")]
+        struct Wrapper(#[source] std::io::Error);
+        let eof: BoxError = Box::new(Wrapper(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "incomplete body",
+        )));
+        assert_eq!(AbortReason::of(eof.as_ref()), AbortReason::Truncated);
+        let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(AbortReason::of(reset.as_ref()), AbortReason::UpstreamError);
+    }
+
+    #[tokio::test]
+    async fn a_failed_body_is_reported_once_and_a_good_one_never() {
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(Metrics::new(&registry, ["corp".to_owned()]).expect("metrics"));
+        let digest = sha256(b"something else");
+        let bad = Reported::new(
+            Verified::new(chunks(&[b"hello ", b"world"]), &digest),
+            "corp",
+            &digest,
+            metrics.clone(),
+        );
+        assert!(bad.collect().await.is_err());
+        let good = Reported::new(chunks(&[b"hello"]), "corp", "-", metrics.clone());
+        assert!(good.collect().await.is_ok());
+        let count = |reason: &str| {
+            metrics
+                .body_aborts
+                .with_label_values(&["corp", reason])
+                .get()
+        };
+        assert_eq!(count("digest_mismatch"), 1);
+        assert_eq!(count("truncated"), 0);
     }
 }

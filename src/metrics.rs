@@ -40,6 +40,7 @@ pub struct Metrics {
     pub search_failures: IntCounterVec,
     pub certificates_issued: IntCounter,
     pub policy_undecided: IntCounter,
+    pub body_aborts: IntCounterVec,
 }
 
 impl Metrics {
@@ -169,8 +170,17 @@ impl Metrics {
                 )
                 .namespace(NS),
             )?,
+            body_aborts: IntCounterVec::new(
+                Opts::new(
+                    "body_aborts_total",
+                    "Upstream bodies cut off before reaching the client whole, by registry and reason (digest_mismatch, truncated, idle_timeout, upstream_error)",
+                )
+                .namespace(NS),
+                &["registry", "reason"],
+            )?,
         };
         registry.register(Box::new(m.policy_undecided.clone()))?;
+        registry.register(Box::new(m.body_aborts.clone()))?;
         registry.register(Box::new(m.proxy_connects.clone()))?;
         registry.register(Box::new(m.policy_decisions.clone()))?;
         registry.register(Box::new(m.policy_reloads.clone()))?;
@@ -200,6 +210,13 @@ impl Metrics {
             Some(_) => "other",
             None => "none",
         }
+    }
+
+    /// Count an upstream body that failed on its way to the client.
+    pub fn body_aborted(&self, registry: &str, reason: crate::body::AbortReason) {
+        self.body_aborts
+            .with_label_values(&[self.registry_label(Some(registry)), reason.as_str()])
+            .inc();
     }
 }
 

@@ -521,10 +521,14 @@ impl Proxy {
                     started.status()
                 ))
             })?;
-        let path = match url::Url::parse(location) {
-            Ok(u) => format!("{}?{}", u.path(), u.query().unwrap_or_default()),
-            Err(_) => location.to_owned(),
-        };
+        // The blob goes wherever this says: only to the destination's own repository.
+        let path =
+            crate::upstream::location::upstream_path(location, &upstream.config.endpoint, repo)
+                .map_err(|location| crate::upstream::UpstreamError::ForeignLocation {
+                    registry: target.registry.clone(),
+                    header: "Location",
+                    location,
+                })?;
         let sep = if path.contains('?') { '&' } else { '?' };
         let body = stage::read(&blob).await.map_err(stage_error)?;
         let mut out = self.outgoing(

@@ -1,13 +1,17 @@
-//! A deliberately broken upstream registry for fault injection.
+//! Deliberately broken upstream registries for fault injection.
 //!
-//! HTTPS on 127.0.0.1. `GET /v2/` answers 200; a blob `GET` answers 200 with
-//! `Content-Length: N` and the right `Docker-Content-Digest`, sends N/2 bytes and
+//! [`TruncatingUpstream`]: HTTPS on 127.0.0.1. `GET /v2/` answers 200; a blob `GET` answers
+//! 200 with `Content-Length: N` and the right `Docker-Content-Digest`, sends N/2 bytes and
 //! closes the connection (a `HEAD` gets the honest headers). Everything else is 404.
+//!
+//! [`FaultyUpstream`]: an honest one-blob registry (any repository holds the blob, ranges
+//! are served, uploads are accepted and thrown away) with the [`Fault`]s a test asks for.
+//! [`Bystander`] is a host nobody should ever connect to.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -136,4 +140,280 @@ fn respond(head: &str, blob: &[u8]) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// What a [`FaultyUpstream`] gets wrong.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Every upload answer (POST, PATCH, PUT, GET of a session) carries this `Location`.
+    UploadLocation(String),
+    /// Every request for repository `repo` answers 401 with a Bearer challenge for `realm`;
+    /// `/v2/` and other repositories need no authentication.
+    Challenge { repo: String, realm: String },
+    /// A blob `GET` in `repo` without `Range` answers 206 with wrong bytes.
+    PartialWithoutRange { repo: String },
+    /// A blob `GET` in `repo` answers 200 with the right length and wrong bytes, whatever
+    /// `Range` it asked for.
+    WrongBytes { repo: String },
+    /// A blob `GET` in `repo` answers 200 with the full `Content-Length`, sends half and closes.
+    Truncated { repo: String },
+}
+
+pub struct FaultyUpstream {
+    addr: SocketAddr,
+    ca: Arc<Ca>,
+    digest: String,
+    blob: Arc<Vec<u8>>,
+    requests: Arc<Mutex<Vec<String>>>,
+    _runtime: Background,
+}
+
+impl FaultyUpstream {
+    /// Serves one blob of `size` random bytes in every repository, with `faults`.
+    pub fn start(size: usize, faults: &[Fault]) -> FaultyUpstream {
+        let ca = Ca::new("faulty");
+        let leaf = ca.issue(&LOOPBACK_NAMES);
+        let tls = tokio_rustls::TlsAcceptor::from(server_tls(&leaf.cert_pem, &leaf.key_pem));
+        let mut blob = vec![0u8; size];
+        XorShift::fresh().fill(&mut blob);
+        let digest = sha256_digest(&blob);
+        let blob = Arc::new(blob);
+        let faults = Arc::new(faults.to_vec());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let runtime = Background::new("faulty-upstream");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the faulty upstream");
+        let addr = listener.local_addr().expect("address");
+        let (seen, served) = (requests.clone(), blob.clone());
+        runtime.handle().spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (tls, blob, faults, seen) =
+                    (tls.clone(), served.clone(), faults.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let Ok(mut stream) = tls.accept(tcp).await else {
+                        return;
+                    };
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
+                    let line = head.lines().next().unwrap_or("").to_owned();
+                    seen.lock().expect("requests").push(line);
+                    let answer = faulty_answer(&head, &blob, &faults);
+                    let _ = stream.write_all(&answer).await;
+                    let _ = stream.flush().await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        FaultyUpstream {
+            addr,
+            ca,
+            digest,
+            blob,
+            requests,
+            _runtime: runtime,
+        }
+    }
+
+    /// `https://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca.cert_file()
+    }
+
+    pub fn blob_digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn blob(&self) -> &[u8] {
+        &self.blob
+    }
+
+    /// Request lines (`GET /v2/... HTTP/1.1`) in the order they arrived.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests").clone()
+    }
+}
+
+fn faulty_answer(head: &str, blob: &[u8], faults: &[Fault]) -> Vec<u8> {
+    let mut parts = head.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let range = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("range")
+            .then(|| value.trim().to_owned())
+    });
+    let common = "Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n";
+    let answer = |status: &str, headers: &str, body: &[u8]| {
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\n{common}{headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        if method != "HEAD" {
+            out.extend_from_slice(body);
+        }
+        out
+    };
+    if path == "/v2/" || path == "/v2" {
+        return answer("200 OK", "Content-Type: application/json\r\n", b"{}");
+    }
+    let in_repo = |repo: &str| path.starts_with(&format!("/v2/{repo}/"));
+    for fault in faults {
+        if let Fault::Challenge { repo, realm } = fault {
+            if in_repo(repo) {
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"faulty\",scope=\"repository:{repo}:pull\"\r\nContent-Type: application/json\r\n"
+                );
+                return answer(
+                    "401 Unauthorized",
+                    &challenge,
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                );
+            }
+        }
+    }
+    let Some((repo_path, rest)) = path.split_once("/blobs/") else {
+        return not_found();
+    };
+    let repo = repo_path.trim_start_matches("/v2/");
+    if let Some(session) = rest.strip_prefix("uploads/") {
+        let location = faults
+            .iter()
+            .find_map(|f| match f {
+                Fault::UploadLocation(l) => Some(l.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| format!("/v2/{repo}/blobs/uploads/session-1?_state=abc%3D"));
+        let status = match (method, session) {
+            ("POST", "") | ("PATCH", _) => "202 Accepted",
+            ("PUT", _) => "201 Created",
+            _ => "204 No Content",
+        };
+        let headers =
+            format!("Location: {location}\r\nDocker-Upload-UUID: session-1\r\nRange: 0-0\r\n");
+        return answer(status, &headers, b"");
+    }
+    if rest != sha256_digest(blob) {
+        return answer(
+            "404 Not Found",
+            "Content-Type: application/json\r\n",
+            br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
+        );
+    }
+    let has =
+        |wanted: fn(&Fault) -> Option<&String>| faults.iter().filter_map(wanted).any(|r| r == repo);
+    let digest = sha256_digest(blob);
+    let headers =
+        format!("Content-Type: application/octet-stream\r\nDocker-Content-Digest: {digest}\r\n");
+    let wrong: Vec<u8> = blob.iter().map(|b| !b).collect();
+    if has(|f| match f {
+        Fault::WrongBytes { repo } => Some(repo),
+        _ => None,
+    }) {
+        return answer("200 OK", &headers, &wrong);
+    }
+    if method == "GET"
+        && has(|f| match f {
+            Fault::Truncated { repo } => Some(repo),
+            _ => None,
+        })
+    {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\n{common}{headers}Content-Length: {}\r\n\r\n",
+            blob.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&blob[..blob.len() / 2]);
+        return out;
+    }
+    match range.as_deref().and_then(|r| byte_range(r, blob.len())) {
+        Some((start, end)) => {
+            let headers = format!(
+                "{headers}Content-Range: bytes {start}-{end}/{}\r\n",
+                blob.len()
+            );
+            answer("206 Partial Content", &headers, &blob[start..=end])
+        }
+        None if range.is_none()
+            && has(|f| match f {
+                Fault::PartialWithoutRange { repo } => Some(repo),
+                _ => None,
+            }) =>
+        {
+            let headers = format!(
+                "{headers}Content-Range: bytes 0-{}/{}\r\n",
+                blob.len() - 1,
+                blob.len()
+            );
+            answer("206 Partial Content", &headers, &wrong)
+        }
+        None => answer("200 OK", &headers, blob),
+    }
+}
+
+/// `bytes=<start>-[<end>]` within a body of `len` bytes, as inclusive offsets.
+fn byte_range(value: &str, len: usize) -> Option<(usize, usize)> {
+    let (start, end) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let start: usize = start.trim().parse().ok()?;
+    let end = match end.trim() {
+        "" => len.checked_sub(1)?,
+        e => e.parse::<usize>().ok()?.min(len.checked_sub(1)?),
+    };
+    (start <= end).then_some((start, end))
+}
+
+fn not_found() -> Vec<u8> {
+    let body =
+        r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#;
+    format!(
+        "HTTP/1.1 404 Not Found\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// A host nobody should talk to: accepts TCP connections, counts them and closes them.
+pub struct Bystander {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    _runtime: Background,
+}
+
+impl Bystander {
+    pub fn start() -> Bystander {
+        let runtime = Background::new("bystander");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the bystander");
+        let addr = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        runtime.handle().spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                drop(tcp);
+            }
+        });
+        Bystander {
+            addr,
+            connections,
+            _runtime: runtime,
+        }
+    }
+
+    /// `127.0.0.1:<port>`
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
 }

@@ -31,7 +31,7 @@ pub mod tools;
 #[allow(unused_imports)]
 pub use ca::Ca;
 pub use dockerd::Dockerd;
-pub use fault::TruncatingUpstream;
+pub use fault::{Bystander, Fault, FaultyUpstream, TruncatingUpstream};
 pub use http::{https, raw_tls};
 pub use image::OciImage;
 pub use portcullis::Portcullis;

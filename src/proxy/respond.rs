@@ -3,25 +3,37 @@
 //! verified and offered to the cache, tag lists paginated); or a manifest straight from the
 //! cache; plus the policy's warning, if any.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
 use sha2::{Digest as _, Sha256};
 
-use crate::body::{boxed, empty, full, IdleTimeout, ProxyBody, Verified};
+use crate::body::{boxed, empty, full, AbortReason, IdleTimeout, ProxyBody, Reported, Verified};
 use crate::cache::{CachedManifest, ManifestKey};
 use crate::error::ProxyError;
 use crate::gate::Verdict;
+use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::resolve::Target;
 use crate::route::Route;
-use crate::upstream::{read_limited, Upstream};
+use crate::upstream::location::{self, Header};
+use crate::upstream::{read_limited, Upstream, UpstreamError};
 
 use super::send::is_hop_by_hop;
 use super::{Proxy, API_VERSION, CLIENT_CHALLENGE, MAX_MANIFEST, RESOLVED_HEADER};
 
 /// Tag lists are buffered only to paginate them for registries that do not.
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
+
+/// What the client asked for, beyond the route: the method, the tag page, and whether it
+/// sent a `Range` (only then may a 206 pass unverified).
+pub(super) struct Asked<'a> {
+    pub method: &'a Method,
+    pub page: &'a crate::tags::PageRequest,
+    pub ranged: bool,
+}
 
 /// Turn an upstream response into the client's response; a verified manifest is also
 /// returned for the cache.
@@ -30,22 +42,37 @@ pub(super) async fn respond(
     raw_name: &str,
     target: &Target,
     upstream: &Upstream,
-    method: &Method,
-    page: &crate::tags::PageRequest,
+    metrics: &Arc<Metrics>,
+    asked: &Asked<'_>,
     resp: Response<Incoming>,
 ) -> Result<(Response<ProxyBody>, Option<CachedManifest>), ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let repo = target.repository.as_str();
+    let registry = upstream.host();
+    // A blob's content may come from a CDN portcullis was redirected to; a Location or Link
+    // there means nothing to the client and would not be relative to the registry.
+    let blob_content = matches!(route, Route::Blob { .. }) && parts.status.is_success();
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
     for (k, v) in &parts.headers {
         if is_hop_by_hop(k) || k == header::WWW_AUTHENTICATE {
             continue;
         }
-        if k == header::LOCATION || k == header::LINK {
-            headers.append(k.clone(), rewrite_location(v, repo, raw_name));
+        let kind = if blob_content && (k == header::LOCATION || k == header::LINK) {
+            continue;
+        } else if k == header::LOCATION {
+            Some(Header::Location)
+        } else if k == header::LINK {
+            Some(Header::Link)
         } else {
-            headers.append(k.clone(), v.clone());
-        }
+            None
+        };
+        match kind {
+            Some(kind) => headers.append(
+                k.clone(),
+                rewrite_location(upstream, kind, v, repo, raw_name)?,
+            ),
+            None => headers.append(k.clone(), v.clone()),
+        };
     }
     if parts.status == StatusCode::UNAUTHORIZED {
         // The client must authenticate to portcullis, never to the upstream's token service.
@@ -58,14 +85,33 @@ pub(super) async fn respond(
         headers.insert(RESOLVED_HEADER, v);
     }
     parts.headers = headers;
-    let registry = upstream.host();
+    let method = asked.method;
     let timeout = upstream.config.body_timeout;
     let ok = parts.status == StatusCode::OK;
+    let digest = match route {
+        Route::Blob { digest, .. } => Some(digest.as_str()),
+        Route::Manifest {
+            reference: Reference::Digest(d),
+            ..
+        } => Some(d.as_str()),
+        _ => None,
+    };
+    if digest.is_some() && method == Method::GET {
+        check_verifiable(registry, parts.status, asked.ranged)?;
+    }
+    let reported = |body| {
+        boxed(Reported::new(
+            body,
+            registry,
+            digest.unwrap_or("-"),
+            metrics.clone(),
+        ))
+    };
     let mut cacheable = None;
     let body = match route {
-        Route::Tags { .. } if ok && method == Method::GET && page.is_paged() => {
+        Route::Tags { .. } if ok && method == Method::GET && asked.page.is_paged() => {
             let bytes = read_limited(body, MAX_TAG_LIST, registry).await?;
-            match crate::tags::paginate(&bytes, page, raw_name) {
+            match crate::tags::paginate(&bytes, asked.page, raw_name) {
                 Some((paged, link)) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
                     parts.headers.remove(header::LINK);
@@ -80,7 +126,10 @@ pub(super) async fn respond(
         Route::Manifest { reference, .. } if ok && method == Method::GET => {
             let bytes = read_limited(body, MAX_MANIFEST, registry).await?;
             if let Reference::Digest(d) = reference {
-                verify_manifest(registry, d.as_str(), &bytes)?;
+                if let Err(e) = verify_manifest(registry, d.as_str(), &bytes) {
+                    metrics.body_aborted(registry, AbortReason::DigestMismatch);
+                    return Err(e);
+                }
                 cacheable = Some(CachedManifest {
                     body: bytes.clone(),
                     content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
@@ -88,13 +137,33 @@ pub(super) async fn respond(
             }
             full(bytes)
         }
-        Route::Blob { digest, .. } if ok && method == Method::GET => boxed(Verified::new(
-            IdleTimeout::new(body, timeout),
-            digest.as_str(),
+        Route::Blob { digest, .. } if ok && method == Method::GET => reported(boxed(
+            Verified::new(IdleTimeout::new(body, timeout), digest.as_str()),
         )),
-        _ => boxed(IdleTimeout::new(body, timeout)),
+        _ => reported(boxed(IdleTimeout::new(body, timeout))),
     };
     Ok((Response::from_parts(parts, body), cacheable))
+}
+
+/// A content-addressed GET may only succeed with a body that is checked against its digest
+/// (a 200), or with the part of it the client asked for (a 206 to a `Range`). Any other 2xx,
+/// a 206 nobody asked for above all, would pass bytes to the client unchecked.
+fn check_verifiable(registry: &str, status: StatusCode, ranged: bool) -> Result<(), UpstreamError> {
+    let verifiable = !status.is_success()
+        || status == StatusCode::OK
+        || (status == StatusCode::PARTIAL_CONTENT && ranged);
+    if verifiable {
+        return Ok(());
+    }
+    Err(UpstreamError::Unverifiable {
+        registry: registry.to_owned(),
+        status,
+        request: if ranged {
+            "a ranged GET"
+        } else {
+            "a GET without Range"
+        },
+    })
 }
 
 fn verify_manifest(registry: &str, expected: &str, bytes: &Bytes) -> Result<(), ProxyError> {
@@ -114,20 +183,34 @@ fn verify_manifest(registry: &str, expected: &str, bytes: &Bytes) -> Result<(), 
 }
 
 /// Upload sessions and pagination links point at the upstream's repository path; rewrite
-/// them to the client's name so the client keeps talking to portcullis. The origin is
-/// dropped: a relative reference resolves against portcullis.
-fn rewrite_location(value: &HeaderValue, upstream_repo: &str, client_name: &str) -> HeaderValue {
-    let Ok(s) = value.to_str() else {
-        return value.clone();
+/// them to the client's name so the client keeps talking to portcullis. One that points
+/// anywhere else fails the request ([`crate::upstream::location`]).
+fn rewrite_location(
+    upstream: &Upstream,
+    kind: Header,
+    value: &HeaderValue,
+    upstream_repo: &str,
+    client_name: &str,
+) -> Result<HeaderValue, UpstreamError> {
+    let foreign = |location| UpstreamError::ForeignLocation {
+        registry: upstream.host().to_owned(),
+        header: kind.name(),
+        location,
     };
-    let from = format!("/v2/{upstream_repo}/");
-    let Some(at) = s.find(&from) else {
-        return value.clone();
-    };
-    // Keep a Link header's `<` and everything after the path; drop any scheme://host.
-    let prefix = if s.starts_with('<') { "<" } else { "" };
-    let rewritten = format!("{prefix}/v2/{client_name}/{}", &s[at + from.len()..]);
-    HeaderValue::from_str(&rewritten).unwrap_or_else(|_| value.clone())
+    let rewritten = location::rewrite(
+        kind,
+        value.as_bytes(),
+        &upstream.config.endpoint,
+        upstream_repo,
+        client_name,
+    )
+    .map_err(foreign)?;
+    HeaderValue::from_str(&rewritten).map_err(|_| {
+        foreign(location::ForeignLocation {
+            location: rewritten.clone(),
+            reason: location::Reason::Unparsable,
+        })
+    })
 }
 
 /// Attach a policy warning. No client shows it; the audit trail and metrics are the record.
@@ -197,36 +280,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upload_locations_are_rewritten_to_the_client_name() {
-        let v = HeaderValue::from_static(
-            "https://127.0.0.1:5001/v2/team/app/blobs/uploads/abc?_state=xyz",
-        );
-        let out = rewrite_location(&v, "team/app", "corp.example.com/team/app");
-        assert_eq!(
-            out,
-            "/v2/corp.example.com/team/app/blobs/uploads/abc?_state=xyz"
-        );
-        let rel = HeaderValue::from_static("/v2/library/fedora/blobs/uploads/u");
-        assert_eq!(
-            rewrite_location(&rel, "library/fedora", "fedora"),
-            "/v2/fedora/blobs/uploads/u"
-        );
-    }
-
-    #[test]
-    fn tag_pagination_links_are_rewritten() {
-        let v =
-            HeaderValue::from_static(r#"</v2/library/fedora/tags/list?last=b&n=2>; rel="next""#);
-        assert_eq!(
-            rewrite_location(&v, "library/fedora", "fedora"),
-            r#"</v2/fedora/tags/list?last=b&n=2>; rel="next""#
-        );
-    }
-
-    #[test]
-    fn foreign_locations_are_left_alone() {
-        let v = HeaderValue::from_static("https://cdn.example/blob");
-        assert_eq!(rewrite_location(&v, "team/app", "x/team/app"), v);
+    fn only_verifiable_answers_to_content_addressed_gets_pass() {
+        let check = |status: u16, ranged| {
+            check_verifiable("r", StatusCode::from_u16(status).expect("status"), ranged).is_ok()
+        };
+        assert!(check(200, false));
+        assert!(check(200, true), "a 200 to a Range is verified as a whole");
+        assert!(check(206, true));
+        assert!(!check(206, false), "a 206 nobody asked for");
+        for other in [201, 203, 204] {
+            assert!(!check(other, false), "{other}");
+            assert!(!check(other, true), "{other}");
+        }
+        assert!(check(404, false) && check(307, false) && check(500, true));
     }
 
     #[test]

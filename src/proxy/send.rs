@@ -16,7 +16,7 @@ use crate::resolve::Target;
 use crate::route::Route;
 use crate::upstream::Outgoing;
 
-use super::respond::respond;
+use super::respond::{respond, Asked};
 use super::{Proxy, MAX_MANIFEST};
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) and those portcullis sets itself.
@@ -115,8 +115,21 @@ impl Proxy {
         };
         let resp = upstream.send(out).await?;
         let page = crate::tags::PageRequest::parse(parts.uri.query());
-        let (resp, manifest) =
-            respond(route, raw_name, target, upstream, &method, &page, resp).await?;
+        let asked = Asked {
+            method: &method,
+            page: &page,
+            ranged: parts.headers.contains_key(header::RANGE),
+        };
+        let (resp, manifest) = respond(
+            route,
+            raw_name,
+            target,
+            upstream,
+            &self.metrics,
+            &asked,
+            resp,
+        )
+        .await?;
         if let (Some(key), Some(manifest)) = (cache_key, manifest) {
             self.manifests.insert(key, manifest).await;
         }

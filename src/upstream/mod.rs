@@ -6,6 +6,7 @@
 //! an open proxy.
 
 pub mod auth;
+pub mod location;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +28,10 @@ use auth::{host_allowed, Challenge, Identity, Token};
 
 const MAX_REDIRECTS: usize = 5;
 const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
-/// How long a registry's `/v2/` challenge is trusted before it is asked again.
+/// How long a registry's challenge is trusted before it is asked again.
 const CHALLENGE_TTL: Duration = Duration::from_secs(300);
+/// Repositories whose own challenge is remembered, per registry.
+const MAX_SCOPED_CHALLENGES: u64 = 10_000;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
@@ -59,6 +62,21 @@ pub enum UpstreamError {
     TooManyRedirects { registry: String },
     #[error("registry {registry}: TLS configuration: {message}")]
     Tls { registry: String, message: String },
+    #[error(
+        "registry {registry} answered with a {header} that portcullis does not pass on: {location}"
+    )]
+    ForeignLocation {
+        registry: String,
+        header: &'static str,
+        location: location::ForeignLocation,
+    },
+    /// A content-addressed GET answered with a 2xx whose body cannot be verified.
+    #[error("registry {registry} answered {status} to {request}; only a 200 can be checked against the digest")]
+    Unverifiable {
+        registry: String,
+        status: StatusCode,
+        request: &'static str,
+    },
 }
 
 impl UpstreamError {
@@ -116,7 +134,12 @@ pub struct Upstream {
     pub config: RegistryConfig,
     client: HttpClient,
     metrics: Arc<Metrics>,
+    /// What `/v2/` asks for: the challenge for a repository that has not sent its own.
     challenge: moka::future::Cache<(), Challenge>,
+    /// What a repository's own 401 asked for, by repository scope. Only challenges
+    /// portcullis can answer are remembered, so a bad one fails its own repository's
+    /// requests and nothing else.
+    scoped_challenges: moka::future::Cache<String, Challenge>,
     tokens: moka::future::Cache<(String, String), Token>,
 }
 
@@ -149,6 +172,10 @@ impl Upstream {
             metrics,
             challenge: moka::future::Cache::builder()
                 .max_capacity(1)
+                .time_to_live(CHALLENGE_TTL)
+                .build(),
+            scoped_challenges: moka::future::Cache::builder()
+                .max_capacity(MAX_SCOPED_CHALLENGES)
                 .time_to_live(CHALLENGE_TTL)
                 .build(),
             tokens: moka::future::Cache::builder()
@@ -223,7 +250,11 @@ impl Upstream {
 
     /// Send a request, authenticating as needed and following blob redirects.
     pub async fn send(&self, out: Outgoing) -> Result<Response<Incoming>, UpstreamError> {
-        let challenge = self.challenge().await?;
+        let scope = scope_key(&out.scopes);
+        let challenge = match self.scoped_challenges.get(&scope).await {
+            Some(c) => c,
+            None => self.challenge().await?,
+        };
         let authorization = self
             .authorization(&challenge, &out.identity, &out.scopes, false)
             .await?;
@@ -258,7 +289,8 @@ impl Upstream {
                             }
                             _ => out.scopes.clone(),
                         };
-                        self.challenge.insert((), ch.clone()).await;
+                        self.answerable(&ch)?;
+                        self.scoped_challenges.insert(scope, ch.clone()).await;
                         let auth = self
                             .authorization(&ch, &out.identity, &scopes, true)
                             .await?;
@@ -361,6 +393,8 @@ impl Upstream {
                     }
                     _ => Challenge::None,
                 };
+                // An error is not cached: a refused challenge is asked again next time.
+                self.answerable(&challenge)?;
                 Ok(challenge)
             })
             .await
@@ -380,7 +414,7 @@ impl Upstream {
             Challenge::Bearer { realm, service, .. } => {
                 let key = (
                     identity.cache_key(),
-                    format!("{service:?} {}", scopes.join(" ")),
+                    format!("{realm} {service:?} {}", scopes.join(" ")),
                 );
                 if refresh {
                     self.tokens.invalidate(&key).await;
@@ -409,19 +443,7 @@ impl Upstream {
             registry: registry.clone(),
             realm: realm.to_owned(),
         };
-        let mut url = url::Url::parse(realm).map_err(|_| not_allowed())?;
-        let endpoint = &self.config.endpoint;
-        let same_origin = url.host_str() == endpoint.host_str()
-            && url.port_or_known_default() == endpoint.port_or_known_default();
-        let allowed_host = url
-            .host_str()
-            .is_some_and(|h| host_allowed(&self.config.token_hosts, h, url.port()));
-        // Credentials never travel in clear text unless the registry itself is plain HTTP.
-        let scheme_ok =
-            url.scheme() == "https" || (url.scheme() == "http" && endpoint.scheme() == "http");
-        if !(same_origin || allowed_host) || !scheme_ok {
-            return Err(not_allowed());
-        }
+        let mut url = self.realm_url(realm)?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -461,6 +483,36 @@ impl Upstream {
             registry,
             message: "token service answered without a token".to_owned(),
         })
+    }
+
+    /// Can portcullis answer this challenge? Only a Bearer realm can be refused.
+    fn answerable(&self, challenge: &Challenge) -> Result<(), UpstreamError> {
+        match challenge {
+            Challenge::Bearer { realm, .. } => self.realm_url(realm).map(drop),
+            Challenge::None | Challenge::Basic => Ok(()),
+        }
+    }
+
+    /// A token realm, if it is on the registry's origin or an allowed token host.
+    fn realm_url(&self, realm: &str) -> Result<url::Url, UpstreamError> {
+        let not_allowed = || UpstreamError::RealmNotAllowed {
+            registry: self.config.host.clone(),
+            realm: realm.to_owned(),
+        };
+        let url = url::Url::parse(realm).map_err(|_| not_allowed())?;
+        let endpoint = &self.config.endpoint;
+        let same_origin = url.host_str() == endpoint.host_str()
+            && url.port_or_known_default() == endpoint.port_or_known_default();
+        let allowed_host = url
+            .host_str()
+            .is_some_and(|h| host_allowed(&self.config.token_hosts, h, url.port()));
+        // Credentials never travel in clear text unless the registry itself is plain HTTP.
+        let scheme_ok =
+            url.scheme() == "https" || (url.scheme() == "http" && endpoint.scheme() == "http");
+        if !(same_origin || allowed_host) || !scheme_ok {
+            return Err(not_allowed());
+        }
+        Ok(url)
     }
 
     /// Object-storage backed registries (docker.io among them) answer blob GETs with a
@@ -533,6 +585,16 @@ impl Upstream {
     }
 }
 
+/// The repository a request is for (`repository:<name>`, its first scope without the
+/// actions): challenges are remembered per repository, whatever the request does there.
+fn scope_key(scopes: &[String]) -> String {
+    let first = scopes.first().map(String::as_str).unwrap_or_default();
+    match first.rsplit_once(':') {
+        Some((repository, _actions)) if repository.contains(':') => repository.to_owned(),
+        _ => first.to_owned(),
+    }
+}
+
 /// Add the scopes a challenge asked for to those we computed, without duplicates.
 fn merge_scopes(ours: &[String], challenged: &str) -> Vec<String> {
     let mut out = ours.to_vec();
@@ -574,7 +636,9 @@ impl UpstreamError {
             | UpstreamError::RealmNotAllowed { registry, .. }
             | UpstreamError::RedirectNotAllowed { registry, .. }
             | UpstreamError::TooManyRedirects { registry }
-            | UpstreamError::Tls { registry, .. } => registry,
+            | UpstreamError::Tls { registry, .. }
+            | UpstreamError::ForeignLocation { registry, .. }
+            | UpstreamError::Unverifiable { registry, .. } => registry,
         }
     }
 }
@@ -606,6 +670,66 @@ mod tests {
             merge_scopes(&ours, "repository:a:pull repository:b:pull"),
             vec!["repository:a:pull", "repository:b:pull"]
         );
+    }
+
+    #[test]
+    fn challenges_are_kept_per_repository_whatever_the_actions() {
+        let pull = vec!["repository:team/app:pull".to_owned()];
+        let push = vec![
+            "repository:team/app:pull,push".to_owned(),
+            "repository:other:pull".to_owned(),
+        ];
+        assert_eq!(scope_key(&pull), "repository:team/app");
+        assert_eq!(scope_key(&push), scope_key(&pull));
+        assert_ne!(
+            scope_key(&["repository:team/other:pull".to_owned()]),
+            scope_key(&pull)
+        );
+        assert_eq!(scope_key(&[]), "");
+    }
+
+    fn upstream() -> Upstream {
+        let config = Config::parse_str(
+            r#"
+            [[registry]]
+            host = "registry.corp"
+            token_hosts = ["auth.corp"]
+            "#,
+        )
+        .expect("config");
+        let registry = config.registries["registry.corp"].clone();
+        let metrics = Metrics::new(&prometheus::Registry::new(), []).expect("metrics");
+        Upstream::new(registry, Arc::new(metrics)).expect("upstream")
+    }
+
+    #[test]
+    fn only_challenges_with_an_allowed_realm_are_answerable() {
+        let up = upstream();
+        let bearer = |realm: &str| Challenge::Bearer {
+            realm: realm.to_owned(),
+            service: None,
+            scope: None,
+        };
+        assert!(up.answerable(&Challenge::None).is_ok());
+        assert!(up.answerable(&Challenge::Basic).is_ok());
+        assert!(up
+            .answerable(&bearer("https://registry.corp/token"))
+            .is_ok());
+        assert!(up.answerable(&bearer("https://auth.corp/token")).is_ok());
+        for refused in [
+            "https://evil.example.net/token",
+            "http://auth.corp/token",
+            "https://registry.corp:8443/token",
+            "not a url",
+        ] {
+            assert!(
+                matches!(
+                    up.answerable(&bearer(refused)),
+                    Err(UpstreamError::RealmNotAllowed { .. })
+                ),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
