@@ -14,4 +14,5 @@ mod forward;
 mod harness_selftest;
 mod ops;
 mod policy;
+mod policy_sources;
 mod search;
