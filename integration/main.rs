@@ -16,3 +16,4 @@ mod ops;
 mod policy;
 mod policy_sources;
 mod search;
+mod sessions;
