@@ -16,5 +16,7 @@ mod gate;
 mod harness_selftest;
 mod ops;
 mod policy;
+mod policy_sources;
 mod search;
 mod upstream_faults;
+mod sessions;

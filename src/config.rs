@@ -125,6 +125,9 @@ struct RawPolicy {
     confirm_window_secs: Option<u64>,
     reload_interval_ms: Option<u64>,
     staging_max_bytes: Option<u64>,
+    staging_max_sessions: Option<Spanned<u64>>,
+    staging_max_sessions_per_client: Option<Spanned<u64>>,
+    staging_idle_session_secs: Option<Spanned<u64>>,
     provenance_max_entries: Option<u64>,
 }
 
@@ -242,6 +245,11 @@ pub struct PolicyConfig {
     pub reload_interval: Duration,
     /// Disk for pushes staged until their manifest is checked.
     pub staging_max_bytes: u64,
+    /// Upload sessions of staged pushes open at once, in all and per client IP.
+    pub staging_max_sessions: usize,
+    pub staging_max_sessions_per_client: usize,
+    /// An upload session that received no byte for this long is dropped.
+    pub staging_idle_session: Duration,
     /// Bound of the blob provenance store (entries).
     pub provenance_max_entries: u64,
 }
@@ -575,6 +583,28 @@ impl Checker<'_> {
             }
         }
 
+        let staging_max_sessions = self.within(
+            raw.policy.staging_max_sessions,
+            "policy.staging_max_sessions",
+            1,
+            1_000_000,
+            1024,
+        );
+        let staging_max_sessions_per_client = self.within(
+            raw.policy.staging_max_sessions_per_client,
+            "policy.staging_max_sessions_per_client",
+            1,
+            1_000_000,
+            64,
+        );
+        let staging_idle_session_secs = self.within(
+            raw.policy.staging_idle_session_secs,
+            "policy.staging_idle_session_secs",
+            1,
+            3600,
+            60,
+        );
+
         Config {
             state_dir,
             listen_registry,
@@ -599,6 +629,10 @@ impl Checker<'_> {
                     raw.policy.reload_interval_ms.unwrap_or(1000).max(100),
                 ),
                 staging_max_bytes: raw.policy.staging_max_bytes.unwrap_or(10 << 30),
+                staging_max_sessions: usize::try_from(staging_max_sessions).unwrap_or(1024),
+                staging_max_sessions_per_client: usize::try_from(staging_max_sessions_per_client)
+                    .unwrap_or(64),
+                staging_idle_session: Duration::from_secs(staging_idle_session_secs),
                 provenance_max_entries: raw
                     .policy
                     .provenance_max_entries
@@ -990,6 +1024,36 @@ credentials = { username = "u", password_env = "PORTCULLIS_TEST_UNSET_VAR" }
             rendered[1].starts_with("test.toml:3: limits.max_connections"),
             "{rendered:#?}"
         );
+    }
+
+    #[test]
+    fn staging_session_limits_have_defaults_and_out_of_range_ones_are_reported_by_line() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.policy.staging_max_sessions, 1024);
+        assert_eq!(c.policy.staging_max_sessions_per_client, 64);
+        assert_eq!(c.policy.staging_idle_session, Duration::from_secs(60));
+        let c = parse("[policy]\nstaging_max_sessions = 10\nstaging_max_sessions_per_client = 2\nstaging_idle_session_secs = 5\n").expect("valid");
+        assert_eq!(c.policy.staging_max_sessions, 10);
+        assert_eq!(c.policy.staging_max_sessions_per_client, 2);
+        assert_eq!(c.policy.staging_idle_session, Duration::from_secs(5));
+
+        let err = parse("[policy]\nstaging_max_sessions = 0\nstaging_max_sessions_per_client = 0\nstaging_idle_session_secs = 7200\n").unwrap_err();
+        let rendered: Vec<String> = err.iter().map(|p| p.to_string()).collect();
+        assert_eq!(rendered.len(), 3, "{rendered:#?}");
+        for (i, key) in [
+            "policy.staging_max_sessions",
+            "policy.staging_max_sessions_per_client",
+            "policy.staging_idle_session_secs",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(
+                rendered[i].starts_with(&format!("test.toml:{}: {key}", i + 2))
+                    && rendered[i].contains("is not between"),
+                "{rendered:#?}"
+            );
+        }
     }
 
     #[test]

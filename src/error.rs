@@ -59,6 +59,9 @@ pub enum ProxyError {
     UploadUnknown(String),
     #[error("staging the push: {0}")]
     Staging(String),
+    /// A bounded resource is full for now (upload sessions); the message says what to wait for.
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl ProxyError {
@@ -83,6 +86,7 @@ impl ProxyError {
             ProxyError::DigestMismatch(_) => StatusCode::BAD_REQUEST,
             ProxyError::UploadUnknown(_) => StatusCode::NOT_FOUND,
             ProxyError::Staging(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -113,6 +117,7 @@ impl ProxyError {
             ProxyError::DigestMismatch(_) => ErrorCode::DigestInvalid,
             ProxyError::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
             ProxyError::Staging(_) => ErrorCode::TooManyRequests,
+            ProxyError::TooManyRequests(_) => ErrorCode::TooManyRequests,
         }
     }
 
@@ -196,6 +201,11 @@ mod tests {
             ),
             (ProxyError::ManifestTooLarge(4), 413, "MANIFEST_INVALID"),
             (ProxyError::Unauthorized, 401, "UNAUTHORIZED"),
+            (
+                ProxyError::TooManyRequests("too many upload sessions".into()),
+                429,
+                "TOOMANYREQUESTS",
+            ),
         ];
         for (err, status, code) in cases {
             let message = err.to_string();

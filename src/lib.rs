@@ -97,11 +97,12 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Run
         .map_err(|source| RunError::Bind { addr, source })
 }
 
-/// Drop staged uploads that no manifest claimed within an hour.
+/// Drop upload sessions that received nothing within the idle limit (checked at half that
+/// limit, at most every minute), and staged uploads no manifest claimed within an hour.
 async fn sweep(stage: Arc<stage::Stage>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {
+            _ = tokio::time::sleep(stage.sweep_interval()) => {
                 let n = stage.sweep(std::time::Duration::from_secs(3600));
                 if n > 0 {
                     info!(n, "swept stale staged uploads");
@@ -139,7 +140,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )?);
     let stage = Arc::new(stage::Stage::open(
         &config.state_dir.join("staging"),
-        config.policy.staging_max_bytes,
+        stage::Limits {
+            max_bytes: config.policy.staging_max_bytes,
+            max_sessions: config.policy.staging_max_sessions,
+            max_sessions_per_client: config.policy.staging_max_sessions_per_client,
+            idle_session: config.policy.staging_idle_session,
+        },
+        &metrics,
     )?);
     let proxy = Arc::new(proxy::Proxy::new(
         &config,

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub certificates_issued: IntCounter,
     pub policy_undecided: IntCounter,
     pub body_aborts: IntCounterVec,
+    pub staging_sessions: IntGauge,
+    pub staging_sessions_refused: IntCounterVec,
+    pub staging_sessions_expired: IntCounter,
 }
 
 impl Metrics {
@@ -178,9 +181,30 @@ impl Metrics {
                 .namespace(NS),
                 &["registry", "reason"],
             )?,
+            staging_sessions: IntGauge::with_opts(
+                Opts::new("staging_sessions", "Upload sessions of staged pushes open now").namespace(NS),
+            )?,
+            staging_sessions_refused: IntCounterVec::new(
+                Opts::new(
+                    "staging_sessions_refused_total",
+                    "Upload sessions refused with 429 because too many were open, by limit (client, all)",
+                )
+                .namespace(NS),
+                &["scope"],
+            )?,
+            staging_sessions_expired: IntCounter::with_opts(
+                Opts::new(
+                    "staging_sessions_expired_total",
+                    "Upload sessions dropped because they received no byte within staging_idle_session_secs",
+                )
+                .namespace(NS),
+            )?,
         };
         registry.register(Box::new(m.policy_undecided.clone()))?;
         registry.register(Box::new(m.body_aborts.clone()))?;
+        registry.register(Box::new(m.staging_sessions.clone()))?;
+        registry.register(Box::new(m.staging_sessions_refused.clone()))?;
+        registry.register(Box::new(m.staging_sessions_expired.clone()))?;
         registry.register(Box::new(m.proxy_connects.clone()))?;
         registry.register(Box::new(m.policy_decisions.clone()))?;
         registry.register(Box::new(m.policy_reloads.clone()))?;

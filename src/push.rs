@@ -201,7 +201,9 @@ impl Proxy {
         };
         let resp = match route {
             Route::UploadStart { .. } if staging => {
-                let id = stage.start(&target.registry);
+                let id = stage
+                    .start(&target.registry, ask.peer.ip())
+                    .map_err(|e| ProxyError::TooManyRequests(e.to_string()))?;
                 let body = boxed(req.into_body());
                 match query_param(query.as_deref(), "digest") {
                     // A monolithic upload in the POST itself.

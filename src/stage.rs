@@ -4,20 +4,25 @@
 //! last. So that a rejected push leaves **no byte** at the destination, pushes to public
 //! registries under content rules are answered by portcullis itself: upload sessions are
 //! written to disk here (hashed while they stream), and only after the manifest passes are
-//! the blobs it references sent upstream. Staging is bounded in bytes, and sessions and
-//! blobs that no manifest claims are swept after a while.
+//! the blobs it references sent upstream. Staging is bounded in bytes and in open upload
+//! sessions (in all and per client IP), and blobs that no manifest claims are swept after a
+//! while. An upload session costs no file until its first byte, and one that receives no byte
+//! within the idle limit is dropped: opening sessions and sending nothing holds nothing long.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::body::ProxyBody;
+use crate::metrics::Metrics;
 
 /// Prefix of session ids portcullis hands out, so they never collide with an upstream's.
 pub const SESSION_PREFIX: &str = "pcs-";
@@ -41,12 +46,74 @@ pub enum StageError {
     Body(String),
 }
 
+/// Why a new upload session was refused: too many are open. A client should retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionLimit {
+    #[error("{client} has {limit} upload sessions open, the most one client may; finish or cancel one, or retry in {idle_secs} s when sessions that received nothing have expired")]
+    Client {
+        client: IpAddr,
+        limit: usize,
+        idle_secs: u64,
+    },
+    #[error(
+        "portcullis has {limit} upload sessions open, the most it holds; retry in {idle_secs} s"
+    )]
+    All { limit: usize, idle_secs: u64 },
+}
+
+/// What staging may hold: bytes on disk and open upload sessions.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_sessions: usize,
+    pub max_sessions_per_client: usize,
+    /// A session that has received no byte for this long is dropped, so that opening
+    /// sessions and sending nothing cannot hold the session slots.
+    pub idle_session: Duration,
+}
+
 struct Session {
     registry: String,
+    client: IpAddr,
     path: PathBuf,
     size: u64,
     hasher: Sha256,
     touched: Instant,
+    /// Appends streaming into the session now; a session being written is never swept.
+    streaming: u32,
+}
+
+impl Session {
+    /// Swept as empty: never received a byte, nothing streaming, idle past `idle`.
+    fn idle_empty(&self, idle: Duration) -> bool {
+        self.size == 0 && self.streaming == 0 && self.touched.elapsed() > idle
+    }
+}
+
+/// Open sessions and how many each client holds, kept together under one lock so the
+/// limits are checked and counted atomically.
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<String, Session>,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+impl Sessions {
+    fn insert(&mut self, id: String, session: Session) {
+        *self.per_client.entry(session.client).or_default() += 1;
+        self.by_id.insert(id, session);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Session> {
+        let session = self.by_id.remove(id)?;
+        if let Some(n) = self.per_client.get_mut(&session.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(&session.client);
+            }
+        }
+        Some(session)
+    }
 }
 
 /// A staged, verified blob waiting for its manifest.
@@ -58,10 +125,13 @@ pub struct StagedBlob {
 
 pub struct Stage {
     dir: PathBuf,
-    limit: u64,
+    limits: Limits,
     used: AtomicU64,
-    sessions: Mutex<HashMap<String, Session>>,
+    sessions: Mutex<Sessions>,
     blobs: Mutex<HashMap<(String, String), (StagedBlob, Instant)>>,
+    open_sessions: IntGauge,
+    refused: IntCounterVec,
+    expired: IntCounter,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
@@ -74,47 +144,116 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
 impl Stage {
     /// Opens the staging directory, dropping leftovers of an earlier run: their manifest
     /// never came, so no client is waiting for them.
-    pub fn open(dir: &Path, limit: u64) -> Result<Stage, StageError> {
+    pub fn open(dir: &Path, limits: Limits, metrics: &Metrics) -> Result<Stage, StageError> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(io(dir))?;
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        metrics.staging_sessions.set(0);
         Ok(Stage {
             dir: dir.to_owned(),
-            limit,
+            limits,
             used: AtomicU64::new(0),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             blobs: Mutex::new(HashMap::new()),
+            open_sessions: metrics.staging_sessions.clone(),
+            refused: metrics.staging_sessions_refused.clone(),
+            expired: metrics.staging_sessions_expired.clone(),
         })
+    }
+
+    /// A poisoned lock only means another request panicked mid-update; the map is still
+    /// usable, and refusing every upload from then on would be worse.
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn used_bytes(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Start an upload session for a push to `registry`.
-    pub fn start(&self, registry: &str) -> String {
+    /// Upload sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions().by_id.len()
+    }
+
+    /// Start an upload session for a push to `registry` from `client`. An empty session
+    /// costs a map entry, no file: the file is made when the first byte arrives.
+    pub fn start(&self, registry: &str, client: IpAddr) -> Result<String, SessionLimit> {
         let id = format!("{SESSION_PREFIX}{}", uuid::Uuid::new_v4().simple());
-        let session = Session {
-            registry: registry.to_owned(),
-            path: self.dir.join(&id),
-            size: 0,
-            hasher: Sha256::new(),
-            touched: Instant::now(),
+        let mut sessions = self.sessions();
+        let full = |s: &Sessions| {
+            s.by_id.len() >= self.limits.max_sessions
+                || s.per_client.get(&client).copied().unwrap_or(0)
+                    >= self.limits.max_sessions_per_client
         };
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.insert(id.clone(), session);
+        if full(&sessions) {
+            // Sessions past their idle time may not have been swept yet: they go first.
+            let expired = self.reap_idle(&mut sessions);
+            self.expired.inc_by(expired as u64);
         }
-        id
+        let idle_secs = self.limits.idle_session.as_secs();
+        if sessions.per_client.get(&client).copied().unwrap_or(0)
+            >= self.limits.max_sessions_per_client
+        {
+            self.refused.with_label_values(&["client"]).inc();
+            return Err(SessionLimit::Client {
+                client,
+                limit: self.limits.max_sessions_per_client,
+                idle_secs,
+            });
+        }
+        if full(&sessions) {
+            self.refused.with_label_values(&["all"]).inc();
+            return Err(SessionLimit::All {
+                limit: self.limits.max_sessions,
+                idle_secs,
+            });
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                registry: registry.to_owned(),
+                client,
+                path: self.dir.join(&id),
+                size: 0,
+                hasher: Sha256::new(),
+                touched: Instant::now(),
+                streaming: 0,
+            },
+        );
+        self.open_sessions.set(sessions.by_id.len() as i64);
+        Ok(id)
+    }
+
+    /// Drop empty sessions idle past the limit; they hold no bytes and no file.
+    fn reap_idle(&self, sessions: &mut Sessions) -> usize {
+        let idle = self.limits.idle_session;
+        let ids: Vec<String> = sessions
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.idle_empty(idle))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            sessions.remove(id);
+        }
+        self.open_sessions.set(sessions.by_id.len() as i64);
+        ids.len()
     }
 
     /// Bytes received so far in a session.
     pub fn status(&self, id: &str) -> Option<u64> {
-        self.sessions.lock().ok()?.get(id).map(|s| s.size)
+        self.sessions().by_id.get(id).map(|s| s.size)
     }
 
     pub fn cancel(&self, id: &str) -> bool {
-        let removed = self.sessions.lock().ok().and_then(|mut s| s.remove(id));
+        let removed = {
+            let mut sessions = self.sessions();
+            let removed = sessions.remove(id);
+            self.open_sessions.set(sessions.by_id.len() as i64);
+            removed
+        };
         match removed {
             Some(session) => {
                 self.release(session.size);
@@ -133,25 +272,20 @@ impl Stage {
             });
     }
 
-    /// Append a body to a session, streaming it to disk and into the session's hash.
+    /// Append a body to a session, streaming it to disk and into the session's hash. The
+    /// session's file is created with its first byte.
     pub async fn append(&self, id: &str, mut body: ProxyBody) -> Result<u64, StageError> {
-        let (path, mut hasher, mut size) = {
-            let mut sessions = self
-                .sessions
-                .lock()
-                .map_err(|_| StageError::UnknownSession(id.to_owned()))?;
+        let (path, mut hasher) = {
+            let mut sessions = self.sessions();
             let s = sessions
+                .by_id
                 .get_mut(id)
                 .ok_or_else(|| StageError::UnknownSession(id.to_owned()))?;
             s.touched = Instant::now();
-            (s.path.clone(), s.hasher.clone(), s.size)
+            s.streaming += 1;
+            (s.path.clone(), s.hasher.clone())
         };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await
-            .map_err(io(&path))?;
+        let mut file: Option<tokio::fs::File> = None;
         let mut written = 0u64;
         let result = async {
             while let Some(frame) = body.frame().await {
@@ -159,35 +293,56 @@ impl Stage {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
+                if data.is_empty() {
+                    continue;
+                }
                 self.reserve(data.len() as u64)?;
                 written += data.len() as u64;
                 hasher.update(&data);
-                file.write_all(&data).await.map_err(io(&path))?;
+                let f = match &mut file {
+                    Some(f) => f,
+                    None => file.insert(
+                        tokio::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&path)
+                            .await
+                            .map_err(io(&path))?,
+                    ),
+                };
+                f.write_all(&data).await.map_err(io(&path))?;
             }
-            file.flush().await.map_err(io(&path))
+            match file.as_mut() {
+                Some(f) => f.flush().await.map_err(io(&path)),
+                None => Ok(()),
+            }
         }
         .await;
-        size += written;
+        drop(file);
+        let mut sessions = self.sessions();
+        let Some(s) = sessions.by_id.get_mut(id) else {
+            // Cancelled while streaming: its file and these bytes belong to no one now.
+            drop(sessions);
+            self.release(written);
+            let _ = std::fs::remove_file(&path);
+            return Err(StageError::UnknownSession(id.to_owned()));
+        };
+        s.streaming = s.streaming.saturating_sub(1);
         if let Err(e) = result {
             // The session's bytes on disk no longer match its hash: it cannot go on.
+            drop(sessions);
             self.release(written);
             self.cancel(id);
             return Err(e);
         }
-        let mut sessions = self
-            .sessions
-            .lock()
-            .map_err(|_| StageError::UnknownSession(id.to_owned()))?;
-        let s = sessions
-            .get_mut(id)
-            .ok_or_else(|| StageError::UnknownSession(id.to_owned()))?;
         s.hasher = hasher;
-        s.size = size;
-        Ok(size)
+        s.size += written;
+        s.touched = Instant::now();
+        Ok(s.size)
     }
 
     fn reserve(&self, bytes: u64) -> Result<(), StageError> {
-        let limit = self.limit;
+        let limit = self.limits.max_bytes;
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
                 (u + bytes <= limit).then_some(u + bytes)
@@ -209,12 +364,13 @@ impl Stage {
             return Err(StageError::UnsupportedDigest(digest.to_owned()));
         };
         self.append(id, body).await?;
-        let session = self
-            .sessions
-            .lock()
-            .ok()
-            .and_then(|mut s| s.remove(id))
-            .ok_or_else(|| StageError::UnknownSession(id.to_owned()))?;
+        let session = {
+            let mut sessions = self.sessions();
+            let removed = sessions.remove(id);
+            self.open_sessions.set(sessions.by_id.len() as i64);
+            removed
+        }
+        .ok_or_else(|| StageError::UnknownSession(id.to_owned()))?;
         let actual = hex::encode(session.hasher.finalize());
         if actual != expected_hex {
             self.release(session.size);
@@ -227,9 +383,14 @@ impl Stage {
         let path = self
             .dir
             .join(format!("{}-{actual}", sanitize(&session.registry)));
-        tokio::fs::rename(&session.path, &path)
-            .await
-            .map_err(io(&path))?;
+        if session.size == 0 {
+            // An empty blob never had a byte, so never a file.
+            tokio::fs::write(&path, b"").await.map_err(io(&path))?;
+        } else {
+            tokio::fs::rename(&session.path, &path)
+                .await
+                .map_err(io(&path))?;
+        }
         let blob = StagedBlob {
             path,
             size: session.size,
@@ -267,18 +428,21 @@ impl Stage {
         }
     }
 
-    /// Remove sessions idle, and blobs unclaimed, for longer than `age`.
+    /// Remove sessions that received no byte within the idle limit, sessions idle and
+    /// blobs unclaimed for longer than `age`, except sessions being written to.
     pub fn sweep(&self, age: Duration) -> usize {
-        let stale_sessions: Vec<String> = self
-            .sessions
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .filter(|(_, v)| v.touched.elapsed() > age)
-                    .map(|(k, _)| k.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (expired, stale_sessions) = {
+            let mut sessions = self.sessions();
+            let expired = self.reap_idle(&mut sessions);
+            let stale: Vec<String> = sessions
+                .by_id
+                .iter()
+                .filter(|(_, v)| v.streaming == 0 && v.touched.elapsed() > age)
+                .map(|(k, _)| k.clone())
+                .collect();
+            (expired, stale)
+        };
+        self.expired.inc_by(expired as u64);
         let stale_blobs: Vec<(String, String)> = self
             .blobs
             .lock()
@@ -289,7 +453,7 @@ impl Stage {
                     .collect()
             })
             .unwrap_or_default();
-        let n = stale_sessions.len() + stale_blobs.len();
+        let n = expired + stale_sessions.len() + stale_blobs.len();
         for id in stale_sessions {
             self.cancel(&id);
         }
@@ -297,6 +461,11 @@ impl Stage {
             self.remove(&registry, &digest);
         }
         n
+    }
+
+    /// How often the sweeper should run so that empty sessions go about on time.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.limits.idle_session / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 }
 
@@ -339,11 +508,35 @@ mod tests {
         format!("sha256:{}", hex::encode(Sha256::digest(data)))
     }
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    fn limits(max_bytes: u64) -> Limits {
+        Limits {
+            max_bytes,
+            max_sessions: 1024,
+            max_sessions_per_client: 64,
+            idle_session: Duration::from_secs(60),
+        }
+    }
+
+    fn open(dir: &Path, limits: Limits) -> (Stage, Metrics) {
+        let metrics = Metrics::new(&prometheus::Registry::new(), []).expect("metrics");
+        let stage = Stage::open(&dir.join("stage"), limits, &metrics).expect("stage");
+        (stage, metrics)
+    }
+
+    fn files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("stage"))
+            .map(|d| d.count())
+            .unwrap_or(99)
+    }
+
     #[tokio::test]
     async fn chunked_uploads_are_hashed_verified_and_readable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stage = Stage::open(&dir.path().join("stage"), 1 << 20).expect("stage");
-        let id = stage.start("docker.io");
+        let (stage, _) = open(dir.path(), limits(1 << 20));
+        let id = stage.start("docker.io", CLIENT).expect("start");
         assert!(id.starts_with(SESSION_PREFIX));
         assert_eq!(
             stage
@@ -378,15 +571,15 @@ mod tests {
     #[tokio::test]
     async fn wrong_digests_and_overflows_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stage = Stage::open(&dir.path().join("stage"), 8).expect("stage");
-        let id = stage.start("docker.io");
+        let (stage, _) = open(dir.path(), limits(8));
+        let id = stage.start("docker.io", CLIENT).expect("start");
         let err = stage
             .finish(&id, &digest(b"other"), bytes_body("abc"))
             .await
             .expect_err("mismatch");
         assert!(matches!(err, StageError::DigestMismatch { .. }), "{err}");
         assert_eq!(stage.used_bytes(), 0);
-        let id = stage.start("docker.io");
+        let id = stage.start("docker.io", CLIENT).expect("start");
         let err = stage
             .append(&id, bytes_body("0123456789"))
             .await
@@ -394,25 +587,170 @@ mod tests {
         assert!(matches!(err, StageError::Full { limit: 8 }), "{err}");
         assert_eq!(stage.status(&id), None, "a failed session is dropped");
         assert_eq!(stage.used_bytes(), 0);
+        assert_eq!(stage.open_sessions(), 0);
     }
 
     #[tokio::test]
     async fn cancelled_and_stale_uploads_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stage = Stage::open(&dir.path().join("stage"), 1 << 20).expect("stage");
-        let id = stage.start("docker.io");
+        let (stage, _) = open(dir.path(), limits(1 << 20));
+        let id = stage.start("docker.io", CLIENT).expect("start");
         stage.append(&id, bytes_body("abc")).await.expect("append");
         assert!(stage.cancel(&id));
         assert!(!stage.cancel(&id));
-        let id = stage.start("docker.io");
+        let id = stage.start("docker.io", CLIENT).expect("start");
         stage.append(&id, bytes_body("abc")).await.expect("append");
         assert_eq!(stage.sweep(Duration::ZERO), 1);
         assert_eq!(stage.used_bytes(), 0);
-        assert_eq!(
-            std::fs::read_dir(dir.path().join("stage"))
-                .map(|d| d.count())
-                .unwrap_or(99),
-            0
+        assert_eq!(files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn empty_sessions_cost_no_file_and_empty_blobs_still_stage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stage, _) = open(dir.path(), limits(1 << 20));
+        let ids: Vec<String> = (0..10)
+            .map(|_| stage.start("docker.io", CLIENT).expect("start"))
+            .collect();
+        for id in &ids {
+            // What `POST /blobs/uploads/` with no body and an empty PATCH do.
+            assert_eq!(
+                stage
+                    .append(id, crate::body::empty())
+                    .await
+                    .expect("append"),
+                0
+            );
+        }
+        assert_eq!(files(dir.path()), 0, "no file before the first byte");
+        let blob = stage
+            .finish(&ids[0], &digest(b""), crate::body::empty())
+            .await
+            .expect("an empty blob is a blob");
+        assert_eq!(blob.size, 0);
+        assert_eq!(std::fs::read(&blob.path).expect("staged"), b"");
+    }
+
+    #[test]
+    fn sessions_are_bounded_per_client_and_in_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stage, metrics) = open(
+            dir.path(),
+            Limits {
+                max_sessions: 5,
+                max_sessions_per_client: 3,
+                ..limits(1 << 20)
+            },
         );
+        for _ in 0..3 {
+            stage
+                .start("docker.io", CLIENT)
+                .expect("within the client limit");
+        }
+        let err = stage
+            .start("docker.io", CLIENT)
+            .expect_err("past the client limit");
+        assert!(
+            matches!(err, SessionLimit::Client { limit: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("192.0.2.1"), "{err}");
+        // Another client still has room, until the total is reached.
+        let mut other: Vec<String> = (0..2)
+            .map(|_| stage.start("docker.io", OTHER).expect("another client"))
+            .collect();
+        let err = stage.start("docker.io", OTHER).expect_err("past the total");
+        assert!(matches!(err, SessionLimit::All { limit: 5, .. }), "{err}");
+        assert_eq!(metrics.staging_sessions.get(), 5);
+        let refused = |scope: &str| {
+            metrics
+                .staging_sessions_refused
+                .with_label_values(&[scope])
+                .get()
+        };
+        assert_eq!((refused("client"), refused("all")), (1, 1));
+        // A finished or cancelled session frees its slot and its client's share.
+        assert!(stage.cancel(&other.pop().expect("one")));
+        assert_eq!(metrics.staging_sessions.get(), 4);
+        stage.start("docker.io", OTHER).expect("room again");
+    }
+
+    #[tokio::test]
+    async fn empty_sessions_expire_after_the_idle_limit_and_sessions_with_bytes_do_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stage, metrics) = open(
+            dir.path(),
+            Limits {
+                max_sessions_per_client: 2,
+                idle_session: Duration::from_millis(50),
+                ..limits(1 << 20)
+            },
+        );
+        let with_bytes = stage.start("docker.io", CLIENT).expect("start");
+        stage
+            .append(&with_bytes, bytes_body("abc"))
+            .await
+            .expect("append");
+        let _empty = stage.start("docker.io", CLIENT).expect("start");
+        assert!(stage.start("docker.io", CLIENT).is_err(), "full");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // A full client gets the slot of its own expired empty session at once.
+        let again = stage
+            .start("docker.io", CLIENT)
+            .expect("the empty one expired");
+        assert_eq!(metrics.staging_sessions_expired.get(), 1);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(stage.sweep(Duration::from_secs(3600)), 1, "only `again`");
+        assert_eq!(stage.status(&with_bytes), Some(3), "bytes keep a session");
+        assert_eq!(stage.status(&again), None);
+        assert_eq!(metrics.staging_sessions.get(), 1);
+        assert_eq!(metrics.staging_sessions_expired.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_session_being_written_is_not_swept_and_a_cancel_mid_stream_frees_its_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stage, _) = open(
+            dir.path(),
+            Limits {
+                idle_session: Duration::ZERO,
+                ..limits(1 << 20)
+            },
+        );
+        let stage = std::sync::Arc::new(stage);
+        let id = stage.start("docker.io", CLIENT).expect("start");
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>,
+        >(1);
+        let body = crate::body::boxed(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+        let writer = {
+            let (stage, id) = (stage.clone(), id.clone());
+            tokio::spawn(async move { stage.append(&id, body).await })
+        };
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"abc",
+        ))))
+        .await
+        .expect("send");
+        while stage.used_bytes() < 3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            stage.sweep(Duration::ZERO),
+            0,
+            "streaming into it right now"
+        );
+        assert!(stage.cancel(&id));
+        drop(tx);
+        let err = writer.await.expect("join").expect_err("cancelled");
+        assert!(matches!(err, StageError::UnknownSession(_)), "{err}");
+        assert_eq!(stage.used_bytes(), 0);
+        assert_eq!(files(dir.path()), 0);
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

@@ -121,7 +121,8 @@ pub fn load_registries_conf(path: &Path) -> Result<Fragment, Vec<Problem>> {
 /// Load and merge policy files, in order. A directory stands for its `*.toml` and `*.conf`
 /// files in name order; `*.conf` files are registries.conf(5), the rest policy files. On any
 /// problem, every problem found in every file comes back and nothing is compiled: a reloader
-/// keeps the policy it has.
+/// keeps the policy it has. An empty file (only comments and whitespace) and a directory with
+/// no policy file are problems: a source that vanished must not turn into "allow everything".
 pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
@@ -147,6 +148,17 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
                                 )
                         })
                         .collect();
+                    if inside.is_empty() {
+                        // A directory whose files were deleted or renamed away would
+                        // otherwise load as an empty policy, which allows everything.
+                        problems.push(Problem {
+                            file: path.display().to_string(),
+                            line: None,
+                            message: format!(
+                                "holds no policy file (*.toml or *.conf); {ALLOW_ALL_HINT}"
+                            ),
+                        });
+                    }
                     inside.sort();
                     files.extend(inside);
                 }
@@ -162,6 +174,13 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
         let name = path.display().to_string();
         match std::fs::read_to_string(path) {
             Err(e) => problems.push(unreadable(path, e)),
+            Ok(text) if is_blank(&text) => problems.push(Problem {
+                file: name,
+                line: None,
+                message: format!(
+                    "is empty (nothing but comments and whitespace); {ALLOW_ALL_HINT}"
+                ),
+            }),
             Ok(text) => {
                 let (fragment, found) = if is_registries_conf(path) {
                     registries_conf::fragment(&name, &text)
@@ -174,6 +193,20 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
         }
     }
     compile_with(fragments, problems, files)
+}
+
+/// Why an empty source is refused, and how to say "allow everything" on purpose.
+const ALLOW_ALL_HINT: &str = "an empty policy would allow everything, so it is refused \
+     (the policy in force stays); to allow everything on purpose, write mode = \"blocklist\" \
+     in a policy file";
+
+/// A file that says nothing: truncated, or only comments and whitespace. TOML and
+/// registries.conf alike start a comment with `#`.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#')
+    })
 }
 
 fn is_registries_conf(path: &Path) -> bool {
@@ -554,6 +587,94 @@ mod tests {
         let shown = e.to_string();
         let readme = std::fs::read_to_string(policies_dir().join("README.md")).unwrap();
         assert!(readme.contains(&shown), "README.md should show:\n{shown}");
+    }
+
+    fn problems_of(paths: &[PathBuf]) -> Vec<String> {
+        match load(paths) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn empty_files_and_emptied_directories_are_problems_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("zero.toml", ""),
+            ("blank.toml", "\n  \n\t\n"),
+            ("comments.toml", "# being rewritten\n   # soon\n\n"),
+            ("empty.conf", "# registries.conf\n"),
+        ];
+        for (name, text) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let got = problems_of(std::slice::from_ref(&path));
+            assert_eq!(got.len(), 1, "{name}: {got:?}");
+            assert!(
+                got[0].starts_with(&path.display().to_string())
+                    && got[0].contains("is empty")
+                    && got[0].contains("mode = \"blocklist\""),
+                "{name}: {got:?}"
+            );
+        }
+        // One empty file among good ones spoils the whole load.
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "[[rule]]\nid = \"r\"\nmessage = \"m\"\naction = \"deny\"\n",
+        )
+        .unwrap();
+        let got = problems_of(&[good.clone(), dir.path().join("zero.toml")]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("zero.toml"), "{got:?}");
+
+        let emptied = dir.path().join("emptied");
+        std::fs::create_dir(&emptied).unwrap();
+        std::fs::write(emptied.join("site.toml.bak"), "mode = \"allowlist\"\n").unwrap();
+        let got = problems_of(std::slice::from_ref(&emptied));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with(&emptied.display().to_string())
+                && got[0].contains("holds no policy file"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn allowing_everything_said_explicitly_loads() {
+        use super::super::Subject;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open.toml");
+        std::fs::write(
+            &path,
+            "# Nothing is blocked, on purpose.\nmode = \"blocklist\"\n",
+        )
+        .unwrap();
+        let p = load(&[path]).unwrap();
+        assert_eq!(p.stats().rules, 0);
+        for op in Operation::ALL {
+            let d = p.evaluate(&Subject {
+                op,
+                registry: "quay.io",
+                repository: "any/thing",
+                tag: Some("1"),
+                digest: None,
+            });
+            assert_eq!(d.action, Action::Allow, "{op}");
+        }
+    }
+
+    /// The embedded default blocks nothing but says so (mode and a rule), so it is not
+    /// mistaken for an emptied file, by the loader or by a reader.
+    #[test]
+    fn the_embedded_default_policy_is_explicit_and_loads() {
+        let text = crate::gate::EMBEDDED_POLICY;
+        assert!(!is_blank(text));
+        assert!(text.lines().any(|l| l.trim() == "mode = \"blocklist\""));
+        let from_file = load(&[policies_dir().join("default.toml")]).unwrap();
+        let embedded = crate::gate::Sources::default().load().unwrap();
+        assert_eq!(embedded.stats().rules, from_file.stats().rules);
+        assert_eq!(embedded.mode(), Mode::Blocklist);
     }
 
     #[test]
