@@ -18,5 +18,5 @@ mod ops;
 mod policy;
 mod policy_sources;
 mod search;
-mod upstream_faults;
 mod sessions;
+mod upstream_faults;

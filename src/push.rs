@@ -135,6 +135,14 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The push a staged upload belongs to.
+fn owner(ask: &Ask<'_>, target: &Target) -> stage::Owner {
+    stage::Owner {
+        client: ask.peer.ip(),
+        repository: target.repository.to_string(),
+    }
+}
+
 fn stage_error(e: StageError) -> ProxyError {
     match e {
         StageError::DigestMismatch { .. } | StageError::UnsupportedDigest(_) => {
@@ -202,7 +210,7 @@ impl Proxy {
         let resp = match route {
             Route::UploadStart { .. } if staging => {
                 let id = stage
-                    .start(&target.registry, ask.peer.ip())
+                    .start(&target.registry, owner(ask, target))
                     .map_err(|e| ProxyError::TooManyRequests(e.to_string()))?;
                 let body = boxed(req.into_body());
                 match query_param(query.as_deref(), "digest") {
@@ -280,14 +288,15 @@ impl Proxy {
     /// A blob HEAD/GET that a staged push is waiting on (docker checks every upload).
     pub(crate) async fn staged_blob(
         &self,
-        route: &Route,
+        ask: &Ask<'_>,
         target: &Target,
         method: &Method,
     ) -> Option<Response<ProxyBody>> {
+        let route = ask.route;
         let (Some(stage), Route::Blob { digest, .. }) = (&self.stage, route) else {
             return None;
         };
-        let blob = stage.blob(&target.registry, digest.as_str())?;
+        let blob = stage.owned(&target.registry, digest.as_str(), &owner(ask, target))?;
         let body = if *method == Method::HEAD {
             empty()
         } else {
@@ -328,11 +337,19 @@ impl Proxy {
         let staged: Vec<String> = facts
             .blobs
             .iter()
-            .filter(|d| stage.blob(&target.registry, d).is_some())
+            .filter(|d| {
+                stage
+                    .owned(&target.registry, d, &owner(ask, target))
+                    .is_some()
+            })
             .cloned()
             .collect();
         let labels = match &facts.config {
-            Some(config) => labels(&self.read_blob(stage, &upstream, target, config).await?),
+            Some(config) => labels(
+                &self
+                    .read_blob(stage, &upstream, ask, target, config)
+                    .await?,
+            ),
             None => HashMap::new(),
         };
         let policy = self.gate.policy();
@@ -423,10 +440,11 @@ impl Proxy {
         &self,
         stage: &Stage,
         upstream: &Upstream,
+        ask: &Ask<'_>,
         target: &Target,
         digest: &str,
     ) -> Result<Bytes, ProxyError> {
-        if let Some(blob) = stage.blob(&target.registry, digest) {
+        if let Some(blob) = stage.owned(&target.registry, digest, &owner(ask, target)) {
             let body = stage::read(&blob).await.map_err(stage_error)?;
             return crate::proxy::collect_limited(body, MAX_MANIFEST).await;
         }

@@ -74,7 +74,8 @@ pub struct Limits {
 
 struct Session {
     registry: String,
-    client: IpAddr,
+    /// The push this session belongs to: only it may read what the session stages.
+    owner: Owner,
     path: PathBuf,
     size: u64,
     hasher: Sha256,
@@ -100,16 +101,16 @@ struct Sessions {
 
 impl Sessions {
     fn insert(&mut self, id: String, session: Session) {
-        *self.per_client.entry(session.client).or_default() += 1;
+        *self.per_client.entry(session.owner.client).or_default() += 1;
         self.by_id.insert(id, session);
     }
 
     fn remove(&mut self, id: &str) -> Option<Session> {
         let session = self.by_id.remove(id)?;
-        if let Some(n) = self.per_client.get_mut(&session.client) {
+        if let Some(n) = self.per_client.get_mut(&session.owner.client) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_client.remove(&session.client);
+                self.per_client.remove(&session.owner.client);
             }
         }
         Some(session)
@@ -123,12 +124,28 @@ pub struct StagedBlob {
     pub size: u64,
 }
 
+/// Who staged a blob: the client (by IP) and the repository it pushes to. A staged blob is
+/// not yet judged, so nobody else may read it, not even by digest through another name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub client: IpAddr,
+    pub repository: String,
+}
+
+/// A finished blob, when it was staged, and every push that staged it (the same content
+/// staged twice shares one file).
+struct Staged {
+    blob: StagedBlob,
+    at: Instant,
+    owners: Vec<Owner>,
+}
+
 pub struct Stage {
     dir: PathBuf,
     limits: Limits,
     used: AtomicU64,
     sessions: Mutex<Sessions>,
-    blobs: Mutex<HashMap<(String, String), (StagedBlob, Instant)>>,
+    blobs: Mutex<HashMap<(String, String), Staged>>,
     open_sessions: IntGauge,
     refused: IntCounterVec,
     expired: IntCounter,
@@ -177,9 +194,10 @@ impl Stage {
         self.sessions().by_id.len()
     }
 
-    /// Start an upload session for a push to `registry` from `client`. An empty session
+    /// Start an upload session for a push to `registry` from `owner`. An empty session
     /// costs a map entry, no file: the file is made when the first byte arrives.
-    pub fn start(&self, registry: &str, client: IpAddr) -> Result<String, SessionLimit> {
+    pub fn start(&self, registry: &str, owner: Owner) -> Result<String, SessionLimit> {
+        let client = owner.client;
         let id = format!("{SESSION_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let mut sessions = self.sessions();
         let full = |s: &Sessions| {
@@ -214,7 +232,7 @@ impl Stage {
             id.clone(),
             Session {
                 registry: registry.to_owned(),
-                client,
+                owner,
                 path: self.dir.join(&id),
                 size: 0,
                 hasher: Sha256::new(),
@@ -396,12 +414,21 @@ impl Stage {
             size: session.size,
         };
         let replaced = self.blobs.lock().ok().and_then(|mut b| {
+            let key = (session.registry.clone(), digest.to_owned());
+            let mut owners = b.get(&key).map(|s| s.owners.clone()).unwrap_or_default();
+            if !owners.contains(&session.owner) {
+                owners.push(session.owner.clone());
+            }
             b.insert(
-                (session.registry.clone(), digest.to_owned()),
-                (blob.clone(), Instant::now()),
+                key,
+                Staged {
+                    blob: blob.clone(),
+                    at: Instant::now(),
+                    owners,
+                },
             )
         });
-        if let Some((old, _)) = replaced {
+        if let Some(Staged { blob: old, .. }) = replaced {
             // The same content staged twice shares one file name: count it once.
             self.release(old.size);
         }
@@ -412,7 +439,16 @@ impl Stage {
         let blobs = self.blobs.lock().ok()?;
         blobs
             .get(&(registry.to_owned(), digest.to_owned()))
-            .map(|(b, _)| b.clone())
+            .map(|s| s.blob.clone())
+    }
+
+    /// A staged blob, if `owner` staged it.
+    pub fn owned(&self, registry: &str, digest: &str, owner: &Owner) -> Option<StagedBlob> {
+        let blobs = self.blobs.lock().ok()?;
+        blobs
+            .get(&(registry.to_owned(), digest.to_owned()))
+            .filter(|s| s.owners.contains(owner))
+            .map(|s| s.blob.clone())
     }
 
     /// Drop a staged blob (sent upstream, or its push rejected).
@@ -422,7 +458,7 @@ impl Stage {
             .lock()
             .ok()
             .and_then(|mut b| b.remove(&(registry.to_owned(), digest.to_owned())));
-        if let Some((blob, _)) = removed {
+        if let Some(Staged { blob, .. }) = removed {
             self.release(blob.size);
             let _ = std::fs::remove_file(&blob.path);
         }
@@ -448,7 +484,7 @@ impl Stage {
             .lock()
             .map(|b| {
                 b.iter()
-                    .filter(|(_, (_, at))| at.elapsed() > age)
+                    .filter(|(_, s)| s.at.elapsed() > age)
                     .map(|(k, _)| k.clone())
                     .collect()
             })
@@ -511,6 +547,42 @@ mod tests {
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
     const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
 
+    fn owner(client: IpAddr) -> Owner {
+        Owner {
+            client,
+            repository: "someone/app".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_staged_blob_is_readable_only_by_the_push_that_staged_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stage, _) = open(dir.path(), limits(1 << 20));
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
+        let d = digest(b"secret");
+        stage
+            .finish(&id, &d, bytes_body("secret"))
+            .await
+            .expect("finish");
+        assert!(stage.owned("docker.io", &d, &owner(CLIENT)).is_some());
+        assert!(stage.owned("docker.io", &d, &owner(OTHER)).is_none());
+        let elsewhere = Owner {
+            client: CLIENT,
+            repository: "other/x".to_owned(),
+        };
+        assert!(stage.owned("docker.io", &d, &elsewhere).is_none());
+        // The same content staged by a second push is that push's too, and still nobody
+        // else's.
+        let id = stage.start("docker.io", owner(OTHER)).expect("start");
+        stage
+            .finish(&id, &d, bytes_body("secret"))
+            .await
+            .expect("finish");
+        assert!(stage.owned("docker.io", &d, &owner(OTHER)).is_some());
+        assert!(stage.owned("docker.io", &d, &owner(CLIENT)).is_some());
+        assert!(stage.owned("docker.io", &d, &elsewhere).is_none());
+    }
+
     fn limits(max_bytes: u64) -> Limits {
         Limits {
             max_bytes,
@@ -536,7 +608,7 @@ mod tests {
     async fn chunked_uploads_are_hashed_verified_and_readable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (stage, _) = open(dir.path(), limits(1 << 20));
-        let id = stage.start("docker.io", CLIENT).expect("start");
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
         assert!(id.starts_with(SESSION_PREFIX));
         assert_eq!(
             stage
@@ -572,14 +644,14 @@ mod tests {
     async fn wrong_digests_and_overflows_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (stage, _) = open(dir.path(), limits(8));
-        let id = stage.start("docker.io", CLIENT).expect("start");
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
         let err = stage
             .finish(&id, &digest(b"other"), bytes_body("abc"))
             .await
             .expect_err("mismatch");
         assert!(matches!(err, StageError::DigestMismatch { .. }), "{err}");
         assert_eq!(stage.used_bytes(), 0);
-        let id = stage.start("docker.io", CLIENT).expect("start");
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
         let err = stage
             .append(&id, bytes_body("0123456789"))
             .await
@@ -594,11 +666,11 @@ mod tests {
     async fn cancelled_and_stale_uploads_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (stage, _) = open(dir.path(), limits(1 << 20));
-        let id = stage.start("docker.io", CLIENT).expect("start");
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
         stage.append(&id, bytes_body("abc")).await.expect("append");
         assert!(stage.cancel(&id));
         assert!(!stage.cancel(&id));
-        let id = stage.start("docker.io", CLIENT).expect("start");
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
         stage.append(&id, bytes_body("abc")).await.expect("append");
         assert_eq!(stage.sweep(Duration::ZERO), 1);
         assert_eq!(stage.used_bytes(), 0);
@@ -610,7 +682,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (stage, _) = open(dir.path(), limits(1 << 20));
         let ids: Vec<String> = (0..10)
-            .map(|_| stage.start("docker.io", CLIENT).expect("start"))
+            .map(|_| stage.start("docker.io", owner(CLIENT)).expect("start"))
             .collect();
         for id in &ids {
             // What `POST /blobs/uploads/` with no body and an empty PATCH do.
@@ -644,11 +716,11 @@ mod tests {
         );
         for _ in 0..3 {
             stage
-                .start("docker.io", CLIENT)
+                .start("docker.io", owner(CLIENT))
                 .expect("within the client limit");
         }
         let err = stage
-            .start("docker.io", CLIENT)
+            .start("docker.io", owner(CLIENT))
             .expect_err("past the client limit");
         assert!(
             matches!(err, SessionLimit::Client { limit: 3, .. }),
@@ -657,9 +729,15 @@ mod tests {
         assert!(err.to_string().contains("192.0.2.1"), "{err}");
         // Another client still has room, until the total is reached.
         let mut other: Vec<String> = (0..2)
-            .map(|_| stage.start("docker.io", OTHER).expect("another client"))
+            .map(|_| {
+                stage
+                    .start("docker.io", owner(OTHER))
+                    .expect("another client")
+            })
             .collect();
-        let err = stage.start("docker.io", OTHER).expect_err("past the total");
+        let err = stage
+            .start("docker.io", owner(OTHER))
+            .expect_err("past the total");
         assert!(matches!(err, SessionLimit::All { limit: 5, .. }), "{err}");
         assert_eq!(metrics.staging_sessions.get(), 5);
         let refused = |scope: &str| {
@@ -672,7 +750,7 @@ mod tests {
         // A finished or cancelled session frees its slot and its client's share.
         assert!(stage.cancel(&other.pop().expect("one")));
         assert_eq!(metrics.staging_sessions.get(), 4);
-        stage.start("docker.io", OTHER).expect("room again");
+        stage.start("docker.io", owner(OTHER)).expect("room again");
     }
 
     #[tokio::test]
@@ -686,17 +764,17 @@ mod tests {
                 ..limits(1 << 20)
             },
         );
-        let with_bytes = stage.start("docker.io", CLIENT).expect("start");
+        let with_bytes = stage.start("docker.io", owner(CLIENT)).expect("start");
         stage
             .append(&with_bytes, bytes_body("abc"))
             .await
             .expect("append");
-        let _empty = stage.start("docker.io", CLIENT).expect("start");
-        assert!(stage.start("docker.io", CLIENT).is_err(), "full");
+        let _empty = stage.start("docker.io", owner(CLIENT)).expect("start");
+        assert!(stage.start("docker.io", owner(CLIENT)).is_err(), "full");
         tokio::time::sleep(Duration::from_millis(80)).await;
         // A full client gets the slot of its own expired empty session at once.
         let again = stage
-            .start("docker.io", CLIENT)
+            .start("docker.io", owner(CLIENT))
             .expect("the empty one expired");
         assert_eq!(metrics.staging_sessions_expired.get(), 1);
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -718,7 +796,7 @@ mod tests {
             },
         );
         let stage = std::sync::Arc::new(stage);
-        let id = stage.start("docker.io", CLIENT).expect("start");
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
         let (tx, rx) = tokio::sync::mpsc::channel::<
             Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>,
         >(1);

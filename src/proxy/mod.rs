@@ -431,7 +431,7 @@ impl Proxy {
                     }
                     return Ok(with_warning(resp, verdict));
                 }
-                if let Some(resp) = self.staged_blob(&route, &target, &method).await {
+                if let Some(resp) = self.staged_blob(&ask, &target, &method).await {
                     return Ok(resp);
                 }
                 if let Some(resp) = self.cached_manifest(&route, &target, &method).await {
