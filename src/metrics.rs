@@ -202,6 +202,10 @@ impl Metrics {
         };
         registry.register(Box::new(m.policy_undecided.clone()))?;
         registry.register(Box::new(m.body_aborts.clone()))?;
+        // Both scopes exist from the start, so a rate() over them is 0 rather than nothing.
+        for scope in ["client", "all"] {
+            m.staging_sessions_refused.with_label_values(&[scope]);
+        }
         registry.register(Box::new(m.staging_sessions.clone()))?;
         registry.register(Box::new(m.staging_sessions_refused.clone()))?;
         registry.register(Box::new(m.staging_sessions_expired.clone()))?;
