@@ -107,6 +107,58 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// Says when a request body has been sent whole (or failed, or was dropped): an upstream's
+    /// time to answer counts from there, not from the first byte of a long upload.
+    pub struct Sent<B> {
+        #[pin]
+        inner: B,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    }
+}
+
+/// `body`, and a receiver that completes once it has been sent (or can no longer be).
+pub fn until_sent<B>(body: B) -> (Sent<B>, tokio::sync::oneshot::Receiver<()>) {
+    let (done, sent) = tokio::sync::oneshot::channel();
+    (
+        Sent {
+            inner: body,
+            done: Some(done),
+        },
+        sent,
+    )
+}
+
+impl<B> Body for Sent<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if matches!(frame, None | Some(Err(_))) {
+            if let Some(done) = this.done.take() {
+                let _ = done.send(());
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),

@@ -90,34 +90,41 @@ impl ProxyError {
         }
     }
 
-    pub fn code(&self) -> ErrorCode {
+    pub fn code(&self) -> Code {
         match self {
+            // DENIED is for policy. An upstream that is down, slow or misbehaving, and
+            // portcullis's own staging failing, are outages: distribution's UNAVAILABLE,
+            // which its clients know. Credentials an upstream refused stay UNAUTHORIZED.
+            ProxyError::Upstream(e) if e.status() == StatusCode::UNAUTHORIZED => {
+                Code::Oci(ErrorCode::Unauthorized)
+            }
+            ProxyError::Upstream(_) | ProxyError::SearchFailed(_) | ProxyError::Staging(_) => {
+                Code::Unavailable
+            }
             ProxyError::Route(RouteError::Name(NameError::InvalidDigest(_)))
-            | ProxyError::Name(NameError::InvalidDigest(_)) => ErrorCode::DigestInvalid,
+            | ProxyError::Name(NameError::InvalidDigest(_)) => Code::Oci(ErrorCode::DigestInvalid),
             ProxyError::Route(RouteError::Name(NameError::InvalidTag(_)))
-            | ProxyError::Name(NameError::InvalidTag(_)) => ErrorCode::ManifestInvalid,
-            ProxyError::Route(RouteError::NotFound(_)) => ErrorCode::NameUnknown,
-            ProxyError::Route(_) | ProxyError::Name(_) => ErrorCode::NameInvalid,
+            | ProxyError::Name(NameError::InvalidTag(_)) => Code::Oci(ErrorCode::ManifestInvalid),
+            ProxyError::Route(RouteError::NotFound(_)) => Code::Oci(ErrorCode::NameUnknown),
+            ProxyError::Route(_) | ProxyError::Name(_) => Code::Oci(ErrorCode::NameInvalid),
             ProxyError::RegistryNotAllowed(_)
             | ProxyError::NoPushRegistry(_)
-            | ProxyError::Denied(_) => ErrorCode::Denied,
+            | ProxyError::Denied(_) => Code::Oci(ErrorCode::Denied),
             ProxyError::NotFound { what, .. } => match *what {
-                "manifest" => ErrorCode::ManifestUnknown,
-                "blob" => ErrorCode::BlobUnknown,
-                _ => ErrorCode::NameUnknown,
+                "manifest" => Code::Oci(ErrorCode::ManifestUnknown),
+                "blob" => Code::Oci(ErrorCode::BlobUnknown),
+                _ => Code::Oci(ErrorCode::NameUnknown),
             },
-            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => ErrorCode::Unsupported,
-            ProxyError::ManifestTooLarge(_) => ErrorCode::ManifestInvalid,
-            ProxyError::MethodNotAllowed { .. } => ErrorCode::Unsupported,
-            ProxyError::ManifestDigestMismatch { .. } => ErrorCode::DigestInvalid,
-            ProxyError::Unauthorized => ErrorCode::Unauthorized,
-            // No distribution code means "upstream is down"; UNSUPPORTED would mislead and an
-            // unknown code prints as "unknown:", so DENIED with the registry named reads best.
-            ProxyError::Upstream(_) | ProxyError::SearchFailed(_) => ErrorCode::Denied,
-            ProxyError::DigestMismatch(_) => ErrorCode::DigestInvalid,
-            ProxyError::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
-            ProxyError::Staging(_) => ErrorCode::TooManyRequests,
-            ProxyError::TooManyRequests(_) => ErrorCode::TooManyRequests,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => {
+                Code::Oci(ErrorCode::Unsupported)
+            }
+            ProxyError::ManifestTooLarge(_) => Code::Oci(ErrorCode::ManifestInvalid),
+            ProxyError::MethodNotAllowed { .. } => Code::Oci(ErrorCode::Unsupported),
+            ProxyError::ManifestDigestMismatch { .. } => Code::Oci(ErrorCode::DigestInvalid),
+            ProxyError::Unauthorized => Code::Oci(ErrorCode::Unauthorized),
+            ProxyError::DigestMismatch(_) => Code::Oci(ErrorCode::DigestInvalid),
+            ProxyError::UploadUnknown(_) => Code::Oci(ErrorCode::BlobUploadUnknown),
+            ProxyError::TooManyRequests(_) => Code::Oci(ErrorCode::TooManyRequests),
         }
     }
 
@@ -126,16 +133,30 @@ impl ProxyError {
     }
 }
 
+/// An error code in an OCI error body: the distribution spec's, or distribution's
+/// `UNAVAILABLE` (which the spec does not list but every distribution client knows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    Oci(ErrorCode),
+    Unavailable,
+}
+
 /// A distribution-spec error response. Used for every error portcullis itself answers.
-pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response<ProxyBody> {
-    let body = ErrorInfoBuilder::default()
-        .code(code)
-        .message(message.to_owned())
-        .build()
-        .and_then(|info| ErrorResponseBuilder::default().errors(vec![info]).build())
-        .ok()
-        .and_then(|r| serde_json::to_vec(&r).ok())
-        .unwrap_or_else(|| br#"{"errors":[{"code":"UNKNOWN"}]}"#.to_vec());
+pub fn error_response(status: StatusCode, code: Code, message: &str) -> Response<ProxyBody> {
+    let body = match code {
+        Code::Oci(code) => ErrorInfoBuilder::default()
+            .code(code)
+            .message(message.to_owned())
+            .build()
+            .and_then(|info| ErrorResponseBuilder::default().errors(vec![info]).build())
+            .ok()
+            .and_then(|r| serde_json::to_vec(&r).ok()),
+        Code::Unavailable => serde_json::to_vec(&serde_json::json!({
+            "errors": [{ "code": "UNAVAILABLE", "message": message }]
+        }))
+        .ok(),
+    }
+    .unwrap_or_else(|| br#"{"errors":[{"code":"UNKNOWN"}]}"#.to_vec());
     let mut resp = Response::new(full(Bytes::from(body)));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
@@ -201,6 +222,20 @@ mod tests {
             ),
             (ProxyError::ManifestTooLarge(4), 413, "MANIFEST_INVALID"),
             (ProxyError::Unauthorized, 401, "UNAUTHORIZED"),
+            (
+                ProxyError::Upstream(UpstreamError::Timeout {
+                    registry: "docker.io".into(),
+                    after: std::time::Duration::from_secs(5),
+                }),
+                504,
+                "UNAVAILABLE",
+            ),
+            (
+                ProxyError::SearchFailed("a: down".into()),
+                502,
+                "UNAVAILABLE",
+            ),
+            (ProxyError::Denied("by rule r".into()), 403, "DENIED"),
             (
                 ProxyError::TooManyRequests("too many upload sessions".into()),
                 429,

@@ -212,7 +212,7 @@ impl Proxy {
                 let id = stage
                     .start(&target.registry, owner(ask, target))
                     .map_err(|e| ProxyError::TooManyRequests(e.to_string()))?;
-                let body = boxed(req.into_body());
+                let body = self.client_body(target, req.into_body());
                 match query_param(query.as_deref(), "digest") {
                     // A monolithic upload in the POST itself.
                     Some(digest) => {
@@ -238,7 +238,7 @@ impl Proxy {
                 match method {
                     Method::PATCH => {
                         let size = stage
-                            .append(session, boxed(req.into_body()))
+                            .append(session, self.client_body(target, req.into_body()))
                             .await
                             .map_err(stage_error)?;
                         upload_response(StatusCode::ACCEPTED, location, Some(session), Some(size))
@@ -250,7 +250,7 @@ impl Proxy {
                             )
                         })?;
                         stage
-                            .finish(session, &digest, boxed(req.into_body()))
+                            .finish(session, &digest, self.client_body(target, req.into_body()))
                             .await
                             .map_err(stage_error)?;
                         done(&digest)
@@ -283,6 +283,18 @@ impl Proxy {
             .staged_bytes
             .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
         Ok(Ok(resp))
+    }
+
+    /// A staged upload's body, cut when the client stops sending for the registry's body
+    /// timeout, so a stalled client never holds a session (or its file) open for good.
+    fn client_body(&self, target: &Target, body: Incoming) -> ProxyBody {
+        let timeout = self
+            .upstreams()
+            .get(&target.registry)
+            .map_or(std::time::Duration::from_secs(60), |u| {
+                u.config.body_timeout
+            });
+        boxed(crate::body::IdleTimeout::new(body, timeout))
     }
 
     /// A blob HEAD/GET that a staged push is waiting on (docker checks every upload).

@@ -73,6 +73,16 @@ impl Proxy {
         }
         let body = body.into_proxy_body();
         let replayable = body.is_end_stream();
+        // A client that stops sending mid-upload is cut after the registry's body timeout,
+        // as a stalled upstream is: the upstream's answer is only timed once the body is in.
+        let body = if replayable {
+            body
+        } else {
+            boxed(crate::body::IdleTimeout::new(
+                body,
+                upstream.config.body_timeout,
+            ))
+        };
         let uploaded = self
             .metrics
             .bytes

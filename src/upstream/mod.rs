@@ -320,10 +320,14 @@ impl Upstream {
         body: ProxyBody,
         authorization: Option<HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        // The answer is timed from the end of the request body: a large upload over a slow
+        // link takes as long as it takes (a stalled one is cut by the body's idle timeout).
+        let streaming = !http_body::Body::is_end_stream(&body);
+        let (body, sent) = crate::body::until_sent(body);
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
-            .body(body)
+            .body(crate::body::boxed(body))
             .map_err(|e| UpstreamError::Protocol {
                 registry: self.config.host.clone(),
                 message: e.to_string(),
@@ -335,7 +339,19 @@ impl Upstream {
         let after = self.config.response_timeout;
         let started = std::time::Instant::now();
         let host = self.config.host.as_str();
-        let result = match tokio::time::timeout(after, self.client.request(req)).await {
+        let answer = self.client.request(req);
+        let timed = async {
+            if !streaming {
+                return tokio::time::timeout(after, answer).await;
+            }
+            tokio::pin!(answer);
+            tokio::select! {
+                biased;
+                done = &mut answer => Ok(done),
+                _ = sent => tokio::time::timeout(after, answer).await,
+            }
+        };
+        let result = match timed.await {
             Err(_) => Err(UpstreamError::Timeout {
                 registry: host.to_owned(),
                 after,
