@@ -10,6 +10,7 @@ mod harness;
 mod api;
 mod cli;
 mod core;
+mod exhaust;
 mod forward;
 mod harness_selftest;
 mod ops;
