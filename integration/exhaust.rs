@@ -316,7 +316,7 @@ fn an_idle_flood_on_every_listener_leaves_every_listener_serving_within_max_conn
             "portcullis_open_connections{{listener=\"{listener}\"}}"
         ));
         let evicted = w.metric(&format!(
-            "portcullis_connections_evicted_total{{listener=\"{listener}\"}}"
+            "portcullis_connections_closed_total{{listener=\"{listener}\",reason=\"evicted\"}}"
         ));
         eprintln!("{listener}: {open} open, {evicted} idle connections closed to make room");
         if open > MAX_CONNECTIONS as f64 {
