@@ -553,11 +553,6 @@ impl Conn {
         })
     }
 
-    /// The listener's limits.
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
-    }
-
     /// Wraps a raw stream (a tunnel's two ends) so that reading from it counts as activity.
     pub fn track<I>(&self, io: I) -> Tracked<I> {
         Tracked::new(io, self.activity.clone())
@@ -843,6 +838,26 @@ mod tests {
             a.deadline(&limits()),
             Some((head + 2000, "header_timeout")),
             "a started request must complete in time"
+        );
+    }
+
+    #[test]
+    fn on_http2_reads_after_the_first_request_do_not_start_the_header_timeout() {
+        let a = Arc::new(Activity::new(Instant::now()));
+        a.h2.store(true, Ordering::Release);
+        drop(Busy::begin(&a));
+        let since = a.since.load(Ordering::Acquire);
+        std::thread::sleep(Duration::from_millis(5));
+        a.read();
+        assert_eq!(
+            a.deadline(&limits()),
+            Some((since + 3000, "idle_timeout")),
+            "a WINDOW_UPDATE is not a request"
+        );
+        a.restart();
+        assert!(
+            !a.h2.load(Ordering::Acquire),
+            "a new session is HTTP/1 until it says otherwise"
         );
     }
 }
