@@ -95,6 +95,8 @@ impl Http {
                 }
             },
             _ = conn.activity.evict.notified() => return,
+            // Nothing can be in flight before the handshake: shutdown need not wait for it.
+            _ = conn.stopping() => return,
         };
         let proxy = self.proxy.clone();
         serve_http(&self.builder, tls, &conn, move |req| {
@@ -556,6 +558,16 @@ impl Conn {
     /// Wraps a raw stream (a tunnel's two ends) so that reading from it counts as activity.
     pub fn track<I>(&self, io: I) -> Tracked<I> {
         Tracked::new(io, self.activity.clone())
+    }
+
+    /// Completes once shutdown has begun.
+    async fn stopping(&self) {
+        let mut shutdown = self.shutdown.clone();
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Marks the connection busy (never evicted) until the guard drops: a tunnel.
