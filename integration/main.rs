@@ -11,6 +11,7 @@ mod api;
 mod bypass;
 mod cli;
 mod core;
+mod exhaust;
 mod forward;
 mod gate;
 mod harness_selftest;

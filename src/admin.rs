@@ -1,20 +1,15 @@
 //! The admin listener (plain HTTP, separate from client traffic): `/metrics`, `/healthz`,
 //! `/readyz`. Optionally protected by a bearer token.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::debug;
 
 use crate::body::{full, ProxyBody};
 
@@ -91,23 +86,32 @@ fn text(status: StatusCode, body: &str) -> Response<ProxyBody> {
     resp
 }
 
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let Some((tcp, peer)) = crate::listener::accept(&listener, &mut shutdown).await else {
-            return;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(&req)) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
-                debug!(%peer, error = %e, "admin connection error");
+/// Serve the admin listener through the same accept-and-serve path (slots, header and idle
+/// limits, drain) as the client listeners.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    limits: crate::config::Limits,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(crate::listener::builder(&limits));
+    crate::listener::serve(
+        listener,
+        "admin",
+        &limits,
+        &metrics,
+        shutdown,
+        move |tcp, conn| {
+            let (admin, builder) = (admin.clone(), builder.clone());
+            async move {
+                crate::listener::serve_http(&builder, tcp, &conn, move |req| {
+                    let response = admin.respond(&req);
+                    std::future::ready(response)
+                })
+                .await;
             }
-        });
-    }
+        },
+    )
+    .await;
 }

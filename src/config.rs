@@ -144,6 +144,7 @@ struct RawLimits {
     max_header_bytes: Option<Spanned<u64>>,
     tls_handshake_timeout_secs: Option<Spanned<u64>>,
     header_read_timeout_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
     drain_timeout_secs: Option<Spanned<u64>>,
 }
 
@@ -201,17 +202,21 @@ pub struct Config {
     pub registries: HashMap<String, RegistryConfig>,
 }
 
-/// Limits that keep clients from holding unbounded memory or time (`[limits]`), for the
-/// registry, proxy and mirror listeners.
+/// Limits that keep clients from holding unbounded memory or time (`[limits]`), applied to
+/// each listener (registry, mirror, proxy with its CONNECT sessions and tunnels, admin).
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest request head (request line + headers); beyond it hyper answers 431.
     pub max_header_bytes: usize,
-    /// Connections served at once over the registry, proxy and mirror listeners together;
-    /// more wait in the kernel's accept queue.
+    /// Connections one listener serves at once. At the limit the connection idle longest is
+    /// closed; when all have a request in flight, more wait in the kernel's listen backlog.
     pub max_connections: usize,
     pub tls_handshake_timeout: Duration,
+    /// A connection (and, after an idle period, a request that has begun to arrive) must
+    /// deliver a complete request head within this.
     pub header_read_timeout: Duration,
+    /// A keep-alive connection (or tunnel) with nothing in flight is closed after this.
+    pub idle_timeout: Duration,
     /// On shutdown, how long in-flight requests (a push, a pull) may take to finish.
     pub drain_timeout: Duration,
 }
@@ -223,6 +228,7 @@ impl Default for Limits {
             max_connections: 4096,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -258,7 +264,8 @@ pub struct PolicyConfig {
 pub struct ForwardConfig {
     /// docker.io `library/<x>` names resolve across the search registries.
     pub docker_hub_search: bool,
-    /// `host:port` tunnelled untouched through CONNECT (never intercepted).
+    /// `host:port` tunnelled untouched through CONNECT (never intercepted); an entry given
+    /// without a port is stored with `:443`.
     pub tunnel_hosts: Vec<String>,
     /// Basic credentials clients must present to the forward proxy.
     pub proxy_auth: Option<Credentials>,
@@ -393,6 +400,19 @@ impl Config {
     }
 }
 
+/// A `[forward] tunnel_hosts` entry with its port: a host alone means `:443`, never every
+/// port (a tunnel to another port of an allowed host would pass policy untouched).
+fn tunnel_host(entry: &str) -> String {
+    match entry.rsplit_once(':') {
+        Some((host, port))
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() =>
+        {
+            entry.to_owned()
+        }
+        _ => format!("{entry}:443"),
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
@@ -484,7 +504,12 @@ impl Checker<'_> {
             .and_then(|c| self.credentials(c, "forward.proxy_auth", &path));
         let forward = ForwardConfig {
             docker_hub_search: raw.forward.docker_hub_search,
-            tunnel_hosts: raw.forward.tunnel_hosts,
+            tunnel_hosts: raw
+                .forward
+                .tunnel_hosts
+                .iter()
+                .map(|h| tunnel_host(h))
+                .collect(),
             proxy_auth,
             leaf_validity: Duration::from_secs(
                 3600 * raw
@@ -690,6 +715,13 @@ impl Checker<'_> {
             600,
             secs(d.header_read_timeout),
         );
+        let idle = self.within(
+            raw.idle_timeout_secs,
+            "limits.idle_timeout_secs",
+            1,
+            86_400,
+            secs(d.idle_timeout),
+        );
         let drain = self.within(
             raw.drain_timeout_secs,
             "limits.drain_timeout_secs",
@@ -702,6 +734,7 @@ impl Checker<'_> {
             max_connections: usize::try_from(max_connections).unwrap_or(d.max_connections),
             tls_handshake_timeout: Duration::from_secs(handshake),
             header_read_timeout: Duration::from_secs(header),
+            idle_timeout: Duration::from_secs(idle),
             drain_timeout: Duration::from_secs(drain),
         }
     }
@@ -997,6 +1030,39 @@ credentials = { username = "u", password_env = "PORTCULLIS_TEST_UNSET_VAR" }
                 "missing {prefix} .. {needle} in {rendered:#?}"
             );
         }
+    }
+
+    #[test]
+    fn tunnel_hosts_without_a_port_mean_port_443_only() {
+        let c = parse(
+            "[forward]\ntunnel_hosts = [\"auth.example.com\", \"*.cdn.example.com\", \"other.example.com:8443\", \"[::1]\"]\n",
+        )
+        .expect("config");
+        assert_eq!(
+            c.forward.tunnel_hosts,
+            [
+                "auth.example.com:443",
+                "*.cdn.example.com:443",
+                "other.example.com:8443",
+                "[::1]:443"
+            ]
+        );
+    }
+
+    #[test]
+    fn idle_timeout_is_read_and_range_checked_with_its_line() {
+        let c = parse("[limits]\nidle_timeout_secs = 5\n").expect("config");
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            parse("").expect("config").limits.idle_timeout,
+            Duration::from_secs(90)
+        );
+        let err = parse("[limits]\n\nidle_timeout_secs = 0\n").unwrap_err();
+        let rendered: Vec<String> = err.iter().map(|p| p.to_string()).collect();
+        assert!(
+            rendered[0].starts_with("test.toml:3: limits.idle_timeout_secs"),
+            "{rendered:?}"
+        );
     }
 
     #[test]

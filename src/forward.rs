@@ -8,8 +8,6 @@
 //! sends to registries it treats as insecure) are served for registries configured insecure.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +15,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -26,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::body::{full, ProxyBody};
 use crate::config::{Config, Credentials};
-use crate::listener::Http;
+use crate::listener::{Conn, Http};
 use crate::proxy::Inbound;
 use crate::reference::normalize_registry;
 use crate::tls::{self, LocalCa, TlsError};
@@ -125,8 +122,9 @@ impl Forward {
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: Conn,
     ) -> Response<ProxyBody> {
+        let peer = conn.peer;
         if !self.authorized(&req) {
             self.count("unauthorized");
             let mut resp = plain(
@@ -154,20 +152,28 @@ impl Forward {
             let port = authority.port_u16().unwrap_or(443);
             let verdict = self.verdict(&host, port);
             info!(%peer, host, port, ?verdict, "CONNECT");
+            if verdict == Verdict::Refuse {
+                self.count("refused");
+                warn!(%peer, host, port, "refused CONNECT to a host that is not a configured registry");
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    &format!("portcullis: {host}:{port} is not a configured registry\n"),
+                );
+            }
+            // The tunnel or intercepted session keeps this connection's slot.
+            let Some(session) = conn.take() else {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "portcullis: one CONNECT per connection\n",
+                );
+            };
             match verdict {
-                Verdict::Refuse => {
-                    self.count("refused");
-                    warn!(%peer, host, port, "refused CONNECT to a host that is not a configured registry");
-                    return plain(
-                        StatusCode::FORBIDDEN,
-                        &format!("portcullis: {host}:{port} is not a configured registry\n"),
-                    );
-                }
+                Verdict::Refuse => {}
                 Verdict::Tunnel => {
                     self.count("tunnel");
                     let target = format!("{host}:{port}");
                     tokio::spawn(
-                        async move { tunnel(hyper::upgrade::on(req), &target, peer).await },
+                        async move { tunnel(hyper::upgrade::on(req), &target, session).await },
                     );
                 }
                 Verdict::Intercept(registry) => {
@@ -187,9 +193,6 @@ impl Forward {
                         let Ok(upgraded) = hyper::upgrade::on(req).await else {
                             return;
                         };
-                        let Some(_permit) = this.http.slot() else {
-                            return;
-                        };
                         let inbound = Inbound {
                             listener: "proxy",
                             registry: Some(registry.into()),
@@ -198,7 +201,7 @@ impl Forward {
                             .serve_tls(
                                 TokioIo::new(upgraded),
                                 TlsAcceptor::from(tls),
-                                peer,
+                                session,
                                 inbound,
                             )
                             .await;
@@ -254,13 +257,23 @@ fn expected_proxy_auth(c: &Credentials) -> Vec<u8> {
     format!("Basic {encoded}").into_bytes()
 }
 
-async fn tunnel(upgrade: hyper::upgrade::OnUpgrade, target: &str, peer: SocketAddr) {
+/// Splice a CONNECT tunnel to `target`, closed when neither side has sent anything for
+/// `idle_timeout`.
+async fn tunnel(upgrade: hyper::upgrade::OnUpgrade, target: &str, conn: Conn) {
+    let _busy = conn.busy();
+    let peer = conn.peer;
     let Ok(upgraded) = upgrade.await else { return };
-    let mut client = TokioIo::new(upgraded);
+    let mut client = conn.track(TokioIo::new(upgraded));
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(mut server)) => {
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                debug!(%peer, target, error = %e, "tunnel closed");
+        Ok(Ok(server)) => {
+            let mut server = conn.track(server);
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut server) => {
+                    if let Err(e) = copied {
+                        debug!(%peer, target, error = %e, "tunnel closed");
+                    }
+                }
+                _ = conn.idle() => debug!(%peer, target, "idle tunnel closed"),
             }
         }
         Ok(Err(e)) => warn!(%peer, target, error = %e, "tunnel connect failed"),
@@ -278,34 +291,30 @@ fn plain(status: StatusCode, body: &str) -> Response<ProxyBody> {
     resp
 }
 
-/// Accept forward-proxy connections (plain HTTP/1.1, CONNECT and absolute URIs).
-pub async fn serve(
-    listener: TcpListener,
-    forward: Arc<Forward>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let Some((tcp, peer)) = crate::listener::accept(&listener, &mut shutdown).await else {
-            return;
-        };
-        let _ = tcp.set_nodelay(true);
-        let forward = forward.clone();
-        tokio::spawn(async move {
-            let max_buf = forward.http.limits.max_header_bytes.max(8192);
-            let svc_forward = forward.clone();
-            let service = service_fn(move |req| {
-                let forward = svc_forward.clone();
-                async move { Ok::<_, Infallible>(forward.handle(req, peer).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(max_buf)
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "proxy connection ended with an error");
+/// Accept forward-proxy connections (plain HTTP/1.1, CONNECT and absolute URIs) through the
+/// same accept-and-serve path, slots and limits as every other listener.
+pub async fn serve(listener: TcpListener, forward: Arc<Forward>, shutdown: watch::Receiver<bool>) {
+    let limits = forward.http.limits.clone();
+    let metrics = forward.http.metrics.clone();
+    let builder = Arc::new(crate::listener::builder_http1(&limits));
+    crate::listener::serve(
+        listener,
+        "proxy",
+        &limits,
+        &metrics,
+        shutdown,
+        move |tcp, conn| {
+            let (forward, builder) = (forward.clone(), builder.clone());
+            async move {
+                let handler_conn = conn.clone();
+                crate::listener::serve_http1_upgrades(&builder, tcp, &conn, move |req| {
+                    forward.clone().handle(req, handler_conn.clone())
+                })
+                .await;
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
@@ -338,7 +347,7 @@ mod tests {
 
     const CONFIG: &str = r#"
 [forward]
-tunnel_hosts = ["auth.example.com:443"]
+tunnel_hosts = ["auth.example.com:443", "portless.example.com"]
 [[registry]]
 host = "docker.io"
 endpoint = "https://127.0.0.1:5001"
@@ -375,6 +384,13 @@ endpoint = "http://127.0.0.1:5003"
             Verdict::Intercept("insecure.example.com:5000".into())
         );
         assert_eq!(f.verdict("auth.example.com", 443), Verdict::Tunnel);
+        assert_eq!(f.verdict("auth.example.com", 5000), Verdict::Refuse);
+        assert_eq!(f.verdict("portless.example.com", 443), Verdict::Tunnel);
+        assert_eq!(
+            f.verdict("portless.example.com", 5000),
+            Verdict::Refuse,
+            "a tunnel_hosts entry without a port is :443 only"
+        );
         assert_eq!(f.verdict("evil.example.net", 443), Verdict::Refuse);
         assert_eq!(
             f.verdict("127.0.0.1", 5001),

@@ -155,7 +155,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(provenance),
         Some(stage.clone()),
     )?);
-    let http = listener::Http::new(proxy, metrics, config.limits.clone());
+    let http = listener::Http::new(proxy, metrics.clone(), config.limits.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(gate::watch(
@@ -177,6 +177,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.push(tokio::spawn(admin::serve(
             listener,
             admin.clone(),
+            config.limits.clone(),
+            metrics.clone(),
             stopped.clone(),
         )));
     }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub cache: IntCounterVec,
     pub in_flight: IntGaugeVec,
     pub connections: IntGaugeVec,
+    pub connections_closed: IntCounterVec,
+    pub connection_limit_waits: IntCounterVec,
     pub resolutions: IntCounterVec,
     pub build_info: IntGauge,
     pub tls_handshake_failures: IntCounter,
@@ -111,6 +113,22 @@ impl Metrics {
             )?,
             connections: IntGaugeVec::new(
                 Opts::new("open_connections", "Open client connections, by listener").namespace(NS),
+                &["listener"],
+            )?,
+            connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "connections_closed_total",
+                    "Client connections portcullis closed, by listener and reason (header_timeout: no complete request in time; idle_timeout: keep-alive or tunnel idle; evicted: closed to make room at max_connections)",
+                )
+                .namespace(NS),
+                &["listener", "reason"],
+            )?,
+            connection_limit_waits: IntCounterVec::new(
+                Opts::new(
+                    "connection_limit_waits_total",
+                    "New connections that waited to be served because every connection of the listener had a request in flight",
+                )
+                .namespace(NS),
                 &["listener"],
             )?,
             resolutions: IntCounterVec::new(
@@ -224,6 +242,8 @@ impl Metrics {
         registry.register(Box::new(m.cache.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.connections_closed.clone()))?;
+        registry.register(Box::new(m.connection_limit_waits.clone()))?;
         registry.register(Box::new(m.resolutions.clone()))?;
         registry.register(Box::new(m.build_info.clone()))?;
         registry.register(Box::new(m.tls_handshake_failures.clone()))?;

@@ -24,6 +24,7 @@ pub mod redirect;
 pub mod registry;
 pub mod rss;
 pub mod rt;
+pub mod sockets;
 pub mod tempdir;
 pub mod token_server;
 pub mod tools;
