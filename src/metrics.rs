@@ -48,6 +48,16 @@ pub struct Metrics {
     pub staging_sessions_expired: IntCounter,
 }
 
+/// The listeners, as their metric label.
+pub const LISTENERS: [&str; 4] = ["registry", "mirror", "proxy", "admin"];
+/// Why an upstream body was cut off before the client had it whole.
+pub const BODY_ABORT_REASONS: [&str; 4] = [
+    "digest_mismatch",
+    "truncated",
+    "idle_timeout",
+    "upstream_error",
+];
+
 impl Metrics {
     pub fn new(
         registry: &Registry,
@@ -218,6 +228,19 @@ impl Metrics {
                 .namespace(NS),
             )?,
         };
+        // Every bounded label set exists from the start at 0, so a dashboard's rate() over
+        // a failure that has not happened yet is 0 rather than nothing.
+        for listener in LISTENERS {
+            for reason in ["header_timeout", "idle_timeout", "evicted"] {
+                m.connections_closed.with_label_values(&[listener, reason]);
+            }
+            m.connection_limit_waits.with_label_values(&[listener]);
+        }
+        for registry in m.registries.iter().map(String::as_str).chain(["other"]) {
+            for reason in BODY_ABORT_REASONS {
+                m.body_aborts.with_label_values(&[registry, reason]);
+            }
+        }
         registry.register(Box::new(m.policy_undecided.clone()))?;
         registry.register(Box::new(m.body_aborts.clone()))?;
         // Both scopes exist from the start, so a rate() over them is 0 rather than nothing.
