@@ -54,6 +54,10 @@ pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
 pub use send::IntoProxyBody;
 
+/// For the fuzz target in fuzz/; not an API.
+#[doc(hidden)]
+pub use respond::rewrite_location;
+
 /// The challenge portcullis answers so that docker offers its credentials.
 pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
 /// Names the fully qualified image every repository response was served from.

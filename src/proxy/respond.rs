@@ -116,7 +116,11 @@ fn verify_manifest(registry: &str, expected: &str, bytes: &Bytes) -> Result<(), 
 /// Upload sessions and pagination links point at the upstream's repository path; rewrite
 /// them to the client's name so the client keeps talking to portcullis. The origin is
 /// dropped: a relative reference resolves against portcullis.
-fn rewrite_location(value: &HeaderValue, upstream_repo: &str, client_name: &str) -> HeaderValue {
+pub fn rewrite_location(
+    value: &HeaderValue,
+    upstream_repo: &str,
+    client_name: &str,
+) -> HeaderValue {
     let Ok(s) = value.to_str() else {
         return value.clone();
     };
