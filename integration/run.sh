@@ -8,7 +8,8 @@
 # 1. As root, installs the real clients and registries the tests drive (Debian packages),
 #    and the Python packages helm/test needs (PyPI, in a venv under the target directory).
 # 2. Checks formatting and lints, builds tests and binaries and the static release binary
-#    the image test packages (online: may fetch crates), and checks the Helm chart.
+#    the image test packages (online: may fetch crates), checks the Helm chart, and runs
+#    each fuzz target in fuzz/ for a few seconds (cargo-fuzz is installed if missing).
 # 3. Runs `cargo test --offline` inside a fresh network namespace with only loopback up,
 #    in a private mount namespace, so no test can reach anything but 127.0.0.0/8.
 # Exits non-zero on any failure.
@@ -70,6 +71,27 @@ cargo build --tests --bins
 helm/image/build.sh --binary-only
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" helm/test/check_chart.py --self-test \
     --portcullis "${CARGO_TARGET_DIR:-target}/debug/portcullis"
+
+# Every fuzz target for a few seconds from the committed seeds (fuzz/README.md has the long
+# campaigns). `-s none`: no sanitizer, so the stable toolchain builds it. Any crash, panic or
+# hang (-timeout) fails the run; what grew lands in the ignored fuzz/corpus/.
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+(
+    cd fuzz
+    cargo fmt --check
+    cargo fuzz build -s none --target-dir target
+    for t in $(cargo fuzz list); do
+        mkdir -p "corpus/$t"
+        log="target/$t.log"
+        if ! cargo fuzz run -s none --target-dir target "$t" "corpus/$t" "seeds/$t" -- \
+            -max_total_time=6 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            echo "run.sh: fuzz target $t failed; the input is under fuzz/artifacts/$t/" >&2
+            exit 1
+        fi
+        sed -n "s/^stat::number_of_executed_units: */fuzz $t: executions /p" "$log"
+    done
+)
 
 # --- 3. tests, loopback only ----------------------------------------------------------
 # Only this run's processes live in the new network namespace. Tests stop what they start

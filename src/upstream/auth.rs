@@ -183,6 +183,10 @@ impl fmt::Debug for Token {
     }
 }
 
+/// A cap on a token's cached lifetime: `expires_in` is any u64, and `Instant + Duration`
+/// panics past the clock's range. A year is forever for a cache.
+const MAX_LIFETIME_SECS: u64 = 365 * 24 * 3600;
+
 #[derive(serde::Deserialize)]
 struct TokenResponse {
     token: Option<String>,
@@ -199,7 +203,8 @@ impl Token {
             .token
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())?;
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(10));
+        let lifetime =
+            Duration::from_secs(parsed.expires_in.unwrap_or(60).clamp(10, MAX_LIFETIME_SECS));
         let mut value = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
         value.set_sensitive(true);
         Some(Token {
@@ -311,6 +316,17 @@ mod tests {
         assert!(Token::from_response(br#"{"access_token":"xyz"}"#).is_some());
         assert!(Token::from_response(br#"{"token":""}"#).is_none());
         assert!(Token::from_response(b"not json").is_none());
+    }
+
+    /// Found writing fuzz/fuzz_targets/www_authenticate.rs: a token service may send any u64, and
+    /// `Instant + Duration` panics past the clock's range.
+    #[test]
+    fn a_token_with_a_huge_lifetime_is_cached_for_a_year_instead_of_panicking() {
+        let t = Token::from_response(br#"{"token":"abc","expires_in":18446744073709551615}"#)
+            .expect("token");
+        assert!(t.is_fresh());
+        let left = t.expires_at.saturating_duration_since(Instant::now());
+        assert!(left <= Duration::from_secs(MAX_LIFETIME_SECS), "{left:?}");
     }
 
     #[test]
