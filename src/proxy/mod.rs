@@ -405,6 +405,7 @@ impl Proxy {
         if head {
             *req.method_mut() = Method::GET;
         }
+        let mirrors = matches!(plan, Plan::Mirrors(_));
         match plan {
             Plan::One(target) => {
                 let verdict = self.gate.check(&ask.check(&target))?;
@@ -455,7 +456,7 @@ impl Proxy {
                 }
                 Ok(with_warning(resp, verdict))
             }
-            Plan::Search(targets) => {
+            Plan::Search(targets) | Plan::Mirrors(targets) => {
                 let order = InOrder {
                     ask: &ask,
                     raw_name: &raw_name,
@@ -464,18 +465,7 @@ impl Proxy {
                     served,
                     head,
                 };
-                Box::pin(self.in_order(&order, &targets, req, false)).await
-            }
-            Plan::Mirrors(targets) => {
-                let order = InOrder {
-                    ask: &ask,
-                    raw_name: &raw_name,
-                    name: &name,
-                    policy: &policy,
-                    served,
-                    head,
-                };
-                Box::pin(self.in_order(&order, &targets, req, true)).await
+                Box::pin(self.in_order(&order, &targets, req, mirrors)).await
             }
         }
     }

@@ -8,7 +8,7 @@
 //! uploads the bytes it has (the spec's fallback), so nothing the client could not read
 //! reaches the destination.
 
-use http::{uri::PathAndQuery, Request, Uri};
+use http::{Request, Uri};
 use tracing::info;
 
 use crate::error::ProxyError;
@@ -16,6 +16,7 @@ use crate::policy::Operation;
 use crate::reference::{fully_qualified, Digest, Name, Repository};
 use crate::resolve::Target;
 
+use super::request::with_query;
 use super::{Ask, Proxy};
 
 /// The mount a request asks for, as the client wrote it.
@@ -112,18 +113,7 @@ fn rewrite_mount(uri: &Uri, from: Option<&str>) -> Result<Uri, ProxyError> {
             }
         }
     }
-    let query = out.finish();
-    let path_and_query = if query.is_empty() {
-        uri.path().to_owned()
-    } else {
-        format!("{}?{query}", uri.path())
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(
-        PathAndQuery::try_from(path_and_query)
-            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?,
-    );
-    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+    with_query(uri, &out.finish())
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@
 //! Either way it is portcullis's to read and never goes upstream: a request is never served
 //! from a registry other than the one it names.
 
-use http::{uri::PathAndQuery, Request, Uri};
+use http::{Request, Uri};
 
 use crate::error::ProxyError;
 use crate::reference::normalize_registry;
+
+use super::request::with_query;
 
 /// The `ns` a request carries (normalised: `docker.io` for its aliases), and the request
 /// without it.
@@ -47,17 +49,7 @@ fn without_key(uri: &Uri, key: &str) -> Result<Uri, ProxyError> {
                 .map_or(name != key, |(k, _)| k != key)
         })
         .collect();
-    let path_and_query = if kept.is_empty() {
-        uri.path().to_owned()
-    } else {
-        format!("{}?{}", uri.path(), kept.join("&"))
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(
-        PathAndQuery::try_from(path_and_query)
-            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?,
-    );
-    Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+    with_query(uri, &kept.join("&"))
 }
 
 #[cfg(test)]

@@ -45,6 +45,21 @@ pub(super) fn route_digest(route: &Route) -> Option<&str> {
     }
 }
 
+/// `uri` with its query replaced by `query` (none when empty).
+pub(super) fn with_query(uri: &http::Uri, query: &str) -> Result<http::Uri, ProxyError> {
+    let path_and_query = if query.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{query}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))?,
+    );
+    http::Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("request target: {e}")))
+}
+
 pub(super) fn query_value(query: Option<&str>, key: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == key)
