@@ -196,7 +196,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let listener = bind(addr).await?;
         info!(%addr, "docker.io mirror endpoint listening (HTTPS)");
         let inbound = proxy::Inbound {
-            listener: "mirror",
+            listener: proxy::MIRROR,
             registry: Some(reference::DOCKER_HUB.into()),
         };
         tasks.push(tokio::spawn(listener::serve_registry(
