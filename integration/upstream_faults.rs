@@ -252,4 +252,20 @@ fn blobs_with_wrong_or_missing_bytes_are_aborted_with_a_warning_and_counted() {
         1,
         "{log}"
     );
+    // The access line of each says the body was cut, and why; a good pull says complete.
+    let access = |log: &str, repo: &str, outcome: &str| {
+        log.lines()
+            .filter(|l| l.contains(" request ") && l.contains(&format!("/{repo}/blobs/")))
+            .filter(|l| l.contains("status=200") && l.contains(outcome))
+            .count()
+    };
+    let aborted = "outcome=aborted reason=digest_mismatch";
+    assert_eq!(access(&log, "wrong/bytes", aborted), 2, "{log}");
+    let cut = "outcome=aborted reason=truncated";
+    assert_eq!(access(&log, "cut/short", cut), 1, "{log}");
+    let good = call(&proxy, "GET", &blob_path("good/repo", &upstream), &[]).expect("an answer");
+    assert_eq!(good.body, upstream.blob());
+    let complete = format!("outcome=complete reason=- bytes={}", upstream.blob().len());
+    let log = proxy.log();
+    assert_eq!(access(&log, "good/repo", &complete), 1, "{log}");
 }

@@ -11,10 +11,12 @@
 //! - `send.rs`: one request to one registry (upstream path, token scope, headers, body);
 //! - `respond.rs`: the upstream's answer, or the manifest cache's, as the client's response;
 //! - `listing.rs`: `/v2/_catalog`, showing only what the policy lets a client see;
-//! - `record.rs`: where blobs were seen, for private-push protection.
+//! - `record.rs`: where blobs were seen, for private-push protection;
+//! - `access.rs`: the access line, written when the response body has ended.
 //!
 //! Pushes whose policy needs their content are staged in [`crate::push`].
 
+mod access;
 mod listing;
 mod mount;
 mod namespace;
@@ -33,12 +35,12 @@ use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCod
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use crate::body::{boxed, full, ProxyBody};
+use crate::body::{full, ProxyBody};
 use crate::cache::ManifestCache;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::gate::{Check, Gate, Verdict};
-use crate::metrics::{status_class, Counted, Metrics};
+use crate::metrics::{status_class, Metrics};
 use crate::policy::Operation;
 use crate::provenance::Provenance;
 use crate::reference::{Name, Repository, DOCKER_HUB};
@@ -199,6 +201,7 @@ impl Proxy {
             .with_label_values(&[inbound.listener]);
         in_flight.inc();
         let method = req.method().clone();
+        let version = req.version();
         let path = req.uri().path().to_owned();
         let route = route::parse(&path);
         let operation = operation(route.as_ref().ok(), &method);
@@ -244,7 +247,6 @@ impl Proxy {
             .metrics
             .registry_label(resolved_registry.or(named.as_deref()));
         let status = resp.status().as_u16();
-        let elapsed = started.elapsed();
         self.metrics
             .requests
             .with_label_values(&[operation, registry, decision, status_class(status)])
@@ -252,27 +254,25 @@ impl Proxy {
         self.metrics
             .request_duration
             .with_label_values(&[operation])
-            .observe(elapsed.as_secs_f64());
-        // Display, not Debug: the path is a parsed URI path (no spaces or control
-        // characters) and the rest are portcullis's own words, so nothing needs escaping.
-        info!(
-            %peer,
-            %method,
-            path = %path,
-            listener = %inbound.listener,
-            operation = %operation,
-            resolved = %resolved,
-            decision = %decision,
-            status,
-            ms = elapsed.as_millis() as u64,
-            "request"
-        );
+            .observe(started.elapsed().as_secs_f64());
         in_flight.dec();
-        let counter = self
+        let line = access::AccessLine {
+            peer,
+            method,
+            path,
+            version,
+            listener: inbound.listener,
+            operation,
+            resolved: resolved.to_owned(),
+            decision,
+            status,
+            started,
+        };
+        let downloaded = self
             .metrics
             .bytes
             .with_label_values(&["download", registry]);
-        resp.map(|body| boxed(Counted::new(body, counter)))
+        resp.map(|body| access::logged(body, line, downloaded))
     }
 
     async fn dispatch(
