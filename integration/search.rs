@@ -187,3 +187,82 @@ fn a_5000_repository_catalog_is_searched_from_cache_after_the_first_call() {
         "cached {warm:?} is not faster than the first {cold:?}"
     );
 }
+
+/// The NAME column of `podman search` output.
+fn podman_names(out: &std::process::Output) -> Vec<String> {
+    names(out)
+}
+
+#[test]
+fn podman_search_prints_pullable_names_and_a_registry_it_addresses_answers_alone() {
+    let example = Registry::start(Auth::None);
+    let hub = Registry::start(Auth::None);
+    fake_repositories(&example, ["fedora".into(), "team/app".into()]);
+    fake_repositories(&hub, ["library/fedora".into(), "team/app-hub".into()]);
+    let proxy = Portcullis::start(
+        &ProxyConfig::new()
+            .search(&["registry.example.com", "docker.io"])
+            .registry(Upstream::new("registry.example.com", &example))
+            .registry(Upstream::new("docker.io", &hub).with("search", "catalog"))
+            .toml(),
+    );
+    let podman = Podman::new();
+    podman.registries_conf(
+        "unqualified-search-registries = [\"registry.example.com\", \"docker.io\"]\n",
+    );
+    let proxy_url = format!("http://{}", proxy.proxy_addr().expect("proxy listener"));
+    let ca = proxy.ca_file().display().to_string();
+    let env = [
+        ("HTTPS_PROXY", proxy_url.as_str()),
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let search = |term: &str| {
+        let out = podman.run_with_env(&["search", term], &env);
+        assert!(
+            out.status.success(),
+            "podman search {term}:\n{}",
+            describe(&out)
+        );
+        podman_names(&out)
+    };
+
+    // Through the forward proxy: each registry podman asks answers for itself, in the form
+    // podman prefixes with the host it asked (it printed docker.io/docker.io/library/fedora).
+    assert_eq!(
+        search("fedora"),
+        ["registry.example.com/fedora", "docker.io/library/fedora"]
+    );
+    assert_eq!(
+        search("registry.example.com/app"),
+        ["registry.example.com/team/app"]
+    );
+    assert_eq!(search("docker.io/app"), ["docker.io/team/app-hub"]);
+
+    // On the registry endpoint podman prefixes the endpoint, which takes fully qualified
+    // names; a configured registry in the term addresses that registry alone.
+    let on_endpoint = |term: &str| {
+        let out = podman.run(&[
+            "search",
+            "--tls-verify=false",
+            &format!("{}/{term}", proxy.addr()),
+        ]);
+        assert!(
+            out.status.success(),
+            "podman search {term}:\n{}",
+            describe(&out)
+        );
+        podman_names(&out)
+    };
+    let endpoint = proxy.addr();
+    assert_eq!(
+        on_endpoint("app"),
+        [
+            format!("{endpoint}/registry.example.com/team/app"),
+            format!("{endpoint}/docker.io/team/app-hub")
+        ]
+    );
+    assert_eq!(
+        on_endpoint("docker.io/app"),
+        [format!("{endpoint}/docker.io/team/app-hub")]
+    );
+}

@@ -113,6 +113,79 @@ impl Query {
     }
 }
 
+/// Who asked, and which registry they addressed: decides which registries answer a search
+/// and how the names are written, so that every client prints names that can be pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked<'a> {
+    /// The registry a forward-proxy tunnel (or a mirror `ns`) is for.
+    pub addressed: Option<&'a str>,
+    /// containers/image (podman) prints `<the registry it asked>/<name>`; dockerd prints
+    /// the name as given. Known by its User-Agent, `containers/<version> (...)`.
+    pub prefixes_names: bool,
+}
+
+impl<'a> Asked<'a> {
+    pub fn of<B>(req: &Request<B>, addressed: Option<&'a str>) -> Asked<'a> {
+        let prefixes_names = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| {
+                ua.starts_with("containers/") || ua.contains("github.com/containers/image")
+            });
+        Asked {
+            addressed,
+            prefixes_names,
+        }
+    }
+
+    /// The registries to ask, from the search list, and the query without a registry
+    /// prefix. A search addressed to one registry is answered by that registry alone,
+    /// except `docker search` through docker.io (what dockerd asks for any unqualified
+    /// term): that one searches every search registry, as Atomic's docker did. podman
+    /// searches each of its own registries in turn, so it gets docker.io's results only.
+    /// On the registry endpoint, a term that starts with a configured registry
+    /// (`podman search <endpoint>/quay.io/etcd`) is a search of that registry.
+    fn registries(
+        &self,
+        search_list: &[String],
+        configured: &dyn Fn(&str) -> bool,
+        query: &mut Query,
+    ) -> Vec<String> {
+        match self.addressed {
+            Some(DOCKER_HUB) if !self.prefixes_names => search_list.to_vec(),
+            Some(registry) => vec![registry.to_owned()],
+            None => {
+                let prefix = query
+                    .term
+                    .split_once('/')
+                    .filter(|(first, rest)| !rest.is_empty() && configured(first));
+                match prefix {
+                    Some((registry, rest)) => {
+                        let registry = registry.to_owned();
+                        query.term = rest.to_owned();
+                        vec![registry]
+                    }
+                    None => search_list.to_vec(),
+                }
+            }
+        }
+    }
+
+    /// A fully qualified result name as this client must be answered: relative to the
+    /// registry it addressed when it prefixes names itself.
+    fn written(&self, qualified: String) -> String {
+        match (self.prefixes_names, self.addressed) {
+            (true, Some(registry)) => qualified
+                .strip_prefix(registry)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .map(str::to_owned)
+                .unwrap_or(qualified),
+            _ => qualified,
+        }
+    }
+}
+
 impl Search {
     pub fn new(catalog_ttl: Duration, timeout: Duration) -> Search {
         Search {
@@ -126,13 +199,16 @@ impl Search {
 
     pub async fn serve(
         &self,
-        registries: &[String],
+        search_list: &[String],
+        asked: Asked<'_>,
         upstreams: &Upstreams,
         metrics: &Metrics,
         req: &Request<Incoming>,
         visible: &(dyn Fn(Operation, &str, &str) -> bool + Sync),
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let query = Query::parse(req.uri().query())?;
+        let mut query = Query::parse(req.uri().query())?;
+        let configured = |r: &str| upstreams.get(r).is_some();
+        let registries = asked.registries(search_list, &configured, &mut query);
         // A registry the policy closes to search is not asked; it is not a failure either.
         let registries: Vec<String> = registries
             .iter()
@@ -186,6 +262,9 @@ impl Search {
         }
         if !failures.is_empty() && failures.len() == registries.len() {
             return Err(ProxyError::SearchFailed(failures.join("; ")));
+        }
+        for r in &mut results {
+            r.name = asked.written(std::mem::take(&mut r.name));
         }
         let total = results.len();
         let start = (query.page - 1).saturating_mul(query.limit);
@@ -370,6 +449,71 @@ mod tests {
         assert!(Query::parse(Some("n=5")).is_err(), "a term is required");
         assert!(Query::parse(Some("q=a&n=0")).is_err());
         assert!(Query::parse(Some("q=a&page=x")).is_err());
+    }
+
+    fn asked(ua: &str, addressed: Option<&'static str>) -> Asked<'static> {
+        let req = Request::builder()
+            .header(header::USER_AGENT, ua)
+            .body(())
+            .expect("request");
+        Asked::of(&req, addressed)
+    }
+
+    const DOCKERD: &str = "docker/20.10.24+dfsg1 go/go1.19.8 os/linux arch/amd64";
+    const PODMAN: &str = "containers/5.23.1 (github.com/containers/image)";
+
+    fn asks(asked: Asked<'_>, term: &str) -> (Vec<String>, String) {
+        let list = vec!["registry.example.com".to_owned(), DOCKER_HUB.to_owned()];
+        let configured = |r: &str| ["registry.example.com", "quay.io", DOCKER_HUB].contains(&r);
+        let mut q = Query::parse(Some(&format!("q={term}"))).expect("query");
+        let registries = asked.registries(&list, &configured, &mut q);
+        (registries, q.term)
+    }
+
+    #[test]
+    fn a_search_addressed_to_one_registry_asks_that_registry_alone() {
+        let all = vec!["registry.example.com".to_owned(), DOCKER_HUB.to_owned()];
+        // dockerd's `docker search fedora` goes to docker.io: every search registry.
+        assert_eq!(asks(asked(DOCKERD, Some(DOCKER_HUB)), "fedora").0, all);
+        // podman asks each of its registries itself.
+        assert_eq!(
+            asks(asked(PODMAN, Some(DOCKER_HUB)), "fedora").0,
+            [DOCKER_HUB]
+        );
+        for ua in [DOCKERD, PODMAN] {
+            assert_eq!(
+                asks(asked(ua, Some("registry.example.com")), "app").0,
+                ["registry.example.com"]
+            );
+            // The registry endpoint: a configured registry prefix addresses it.
+            assert_eq!(
+                asks(asked(ua, None), "quay.io/etcd"),
+                (vec!["quay.io".to_owned()], "etcd".to_owned())
+            );
+            assert_eq!(
+                asks(asked(ua, None), "team/app"),
+                (all.clone(), "team/app".to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_written_so_that_each_client_prints_a_pullable_name() {
+        let name = || "registry.example.com/team/app".to_owned();
+        // podman prefixes the registry it asked.
+        assert_eq!(
+            asked(PODMAN, Some("registry.example.com")).written(name()),
+            "team/app"
+        );
+        assert_eq!(
+            asked(PODMAN, Some(DOCKER_HUB)).written("docker.io/library/alpine".to_owned()),
+            "library/alpine"
+        );
+        // On the endpoint it prefixes the endpoint, which takes fully qualified names.
+        assert_eq!(asked(PODMAN, None).written(name()), name());
+        // dockerd prints what it is given.
+        assert_eq!(asked(DOCKERD, Some(DOCKER_HUB)).written(name()), name());
+        assert_eq!(asked("curl/7.88.1", None).written(name()), name());
     }
 
     #[test]

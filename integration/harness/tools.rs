@@ -145,7 +145,13 @@ impl Podman {
 
     /// Runs `podman <args>` with private storage.
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    /// Runs `podman <args>` with extra environment variables (e.g. `HTTPS_PROXY`).
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut command = self.world.command("podman");
+        command.envs(env.iter().copied());
         command
             .arg("--root")
             .arg(self.world.dir.subdir("storage"))

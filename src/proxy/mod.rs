@@ -298,9 +298,15 @@ impl Proxy {
                 let visible = |op: Operation, registry: &str, repository: &str| {
                     policy.permits_name(op, registry, repository)
                 };
-                let search =
-                    self.search
-                        .serve(&registries, &self.upstreams, &self.metrics, &req, &visible);
+                let asked = crate::search::Asked::of(&req, scope);
+                let search = self.search.serve(
+                    &registries,
+                    asked,
+                    &self.upstreams,
+                    &self.metrics,
+                    &req,
+                    &visible,
+                );
                 Box::pin(search).await
             }
             _ => {
