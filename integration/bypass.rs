@@ -634,6 +634,12 @@ impl World {
                 refused,
                 "refused (403 DENIED or another refusal), not docker.io's".to_owned(),
             ),
+            // A blob HEAD where a push is refused too is "unknown" (404), so that a client
+            // starting a push goes on to the upload whose 403 says why.
+            Expect::Denied if method == "HEAD" && url.contains("/blobs/") => (
+                a.status == 403 || a.status == 404,
+                "403, or 404 where a push is refused too".to_owned(),
+            ),
             Expect::Denied => (
                 a.status == 403
                     && (method == "HEAD" || a.oci_codes().iter().any(|c| c == "DENIED")),

@@ -638,3 +638,91 @@ fn registries_conf_mirrors_and_location_rewrites_serve_pulls() {
         corp.requests()
     );
 }
+
+const BLOCK_PUSHES: &str = r#"
+[[rule]]
+id = "no-team-pushes"
+message = "team images are published by CI only"
+action = "deny"
+operations = ["push"]
+registry = "docker.io"
+repository = "team/*"
+
+[[rule]]
+id = "untrusted"
+message = "untrusted.example.com is not to be used"
+action = "deny"
+registry = "untrusted.example.com"
+"#;
+
+#[test]
+fn every_client_prints_the_reason_of_a_push_denial() {
+    let hub = Registry::start(Auth::None);
+    let untrusted = Registry::start(Auth::None);
+    let g = Gatekeeper::start(
+        ProxyConfig::new()
+            .search(&["docker.io"])
+            .registry(Upstream::new("docker.io", &hub))
+            .registry(Upstream::new("untrusted.example.com", &untrusted)),
+        &[("block.toml", BLOCK_PUSHES)],
+    );
+    let image = OciImage::random(&[32 * 1024]);
+    let cert_dir = g.proxy.cert_dir().display().to_string();
+    // podman and buildah push from their storage: the image pulled in, by its ID.
+    let id = |out: std::process::Output| {
+        assert!(out.status.success(), "{}", describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        stdout.lines().last().unwrap_or_default().trim().to_owned()
+    };
+    let podman = Podman::new();
+    let podman_image = id(podman.run(&["pull", &image.reference()]));
+    let buildah = Buildah::new();
+    let buildah_image = id(buildah.run(&["pull", &image.reference()]));
+    for (destination, rule) in [
+        (
+            "docker.io/team/app:1",
+            "team images are published by CI only",
+        ),
+        (
+            "untrusted.example.com/x/app:1",
+            "untrusted.example.com is not to be used",
+        ),
+        (
+            "elsewhere.example.com/x/app:1",
+            "registry elsewhere.example.com is not configured in portcullis",
+        ),
+    ] {
+        let to = format!("docker://{}/{destination}", g.proxy.addr());
+        let outs = [
+            (
+                "skopeo",
+                Skopeo::new().copy(&image.reference(), &to, &["--dest-cert-dir", &cert_dir]),
+            ),
+            (
+                "podman",
+                podman.run(&["push", "--cert-dir", &cert_dir, &podman_image, &to]),
+            ),
+            (
+                "buildah",
+                buildah.run(&["push", "--cert-dir", &cert_dir, &buildah_image, &to]),
+            ),
+        ];
+        for (client, out) in outs {
+            assert!(!out.status.success(), "{client} pushed to {destination}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(rule),
+                "{client} did not print why:\n{}",
+                describe(&out)
+            );
+        }
+    }
+    // The registries refused by name were never asked anything, and nothing reached docker.io.
+    // (The harness's own readiness check is the one `GET /v2/`.)
+    let asked: Vec<String> = untrusted
+        .requests()
+        .into_iter()
+        .filter(|r| !r.starts_with("GET /v2/ "))
+        .collect();
+    assert!(asked.is_empty(), "{asked:?}");
+    assert_nothing_leaked(&hub, &image);
+}

@@ -62,6 +62,11 @@ pub enum ProxyError {
     /// A bounded resource is full for now (upload sessions); the message says what to wait for.
     #[error("{0}")]
     TooManyRequests(String),
+    /// A blob `HEAD` refused by policy where a push would be refused too. containers/image
+    /// clients start a push with it, and a `HEAD` answer has no body for the reason; as
+    /// "unknown" the client goes on to the upload, whose `403` says why.
+    #[error("{0}")]
+    RefusedHead(String),
 }
 
 impl ProxyError {
@@ -87,6 +92,7 @@ impl ProxyError {
             ProxyError::UploadUnknown(_) => StatusCode::NOT_FOUND,
             ProxyError::Staging(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RefusedHead(_) => StatusCode::NOT_FOUND,
         }
     }
 
@@ -125,7 +131,19 @@ impl ProxyError {
             ProxyError::DigestMismatch(_) => Code::Oci(ErrorCode::DigestInvalid),
             ProxyError::UploadUnknown(_) => Code::Oci(ErrorCode::BlobUploadUnknown),
             ProxyError::TooManyRequests(_) => Code::Oci(ErrorCode::TooManyRequests),
+            ProxyError::RefusedHead(_) => Code::Oci(ErrorCode::BlobUnknown),
         }
+    }
+
+    /// Refused by policy or configuration (the access line's `decision=deny`).
+    pub fn is_denial(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::RegistryNotAllowed(_)
+                | ProxyError::NoPushRegistry(_)
+                | ProxyError::Denied(_)
+                | ProxyError::RefusedHead(_)
+        )
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {

@@ -227,6 +227,26 @@ impl Gate {
         self.enforce(decision, c)
     }
 
+    /// Would a push to `target` be refused by name? Decided without counting or auditing
+    /// it: it only picks the answer to a request already refused.
+    pub fn refuses_push(&self, target: &Target) -> bool {
+        let policy = self.policy.load();
+        let subject = Subject {
+            op: Operation::Push,
+            registry: &target.registry,
+            repository: target.repository.as_str(),
+            tag: None,
+            digest: None,
+        };
+        let mut decision = policy.evaluate(&subject);
+        if let Some(private) =
+            policy.private_push_by_name(&target.registry, target.repository.as_str())
+        {
+            decision = decision.stronger(private);
+        }
+        matches!(decision.action, Action::Deny | Action::Confirm)
+    }
+
     /// Apply a decision (also used for content-based push decisions).
     pub fn enforce(&self, d: Decision, c: &Check) -> Result<Verdict, ProxyError> {
         let rule = d.rule_id.as_deref().unwrap_or("default");

@@ -42,4 +42,4 @@ pub use redirect::RedirectingUpstream;
 pub use registry::{Auth, Registry};
 pub use token_server::TokenServer;
 #[allow(unused_imports)]
-pub use tools::{Podman, Skopeo};
+pub use tools::{Buildah, Podman, Skopeo};

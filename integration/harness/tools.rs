@@ -175,3 +175,35 @@ impl Default for Podman {
         Podman::new()
     }
 }
+
+/// buildah with private storage (vfs), run root and configuration.
+pub struct Buildah {
+    world: ClientWorld,
+}
+
+impl Buildah {
+    pub fn new() -> Buildah {
+        Buildah {
+            world: ClientWorld::new("buildah"),
+        }
+    }
+
+    /// Runs `buildah <args>` with private storage.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut command = self.world.command("buildah");
+        command
+            .arg("--root")
+            .arg(self.world.dir.subdir("storage"))
+            .arg("--runroot")
+            .arg(self.world.dir.subdir("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        run(command, None, TIMEOUT)
+    }
+}
+
+impl Default for Buildah {
+    fn default() -> Self {
+        Buildah::new()
+    }
+}

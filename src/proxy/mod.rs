@@ -215,11 +215,7 @@ impl Proxy {
                 if e.status().is_server_error() {
                     warn!(%peer, %method, path = %path, error = %e, "request failed");
                 }
-                let decision = if e.status() == StatusCode::FORBIDDEN {
-                    "deny"
-                } else {
-                    "error"
-                };
+                let decision = if e.is_denial() { "deny" } else { "error" };
                 (e.into_response(), decision)
             }
         };
@@ -388,10 +384,13 @@ impl Proxy {
         let reading = matches!(method, Method::GET | Method::HEAD)
             && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
         let policy = self.gate.policy();
+        let blob_head = method == Method::HEAD && matches!(route, Route::Blob { .. });
         let plan = if !reading {
             Plan::One(self.resolver.for_push(&name)?)
         } else if content_addressed(&route) {
-            self.resolver.for_blob(&name, &policy)?
+            self.resolver
+                .for_blob(&name, &policy)
+                .map_err(|e| refused_head(e, blob_head, || true))?
         } else {
             self.resolver
                 .for_pull(&name, &policy, route_digest(&route).is_some())?
@@ -414,7 +413,10 @@ impl Proxy {
         let mirrors = matches!(plan, Plan::Mirrors(_));
         match plan {
             Plan::One(target) => {
-                let verdict = self.gate.check(&ask.check(&target))?;
+                let verdict = self
+                    .gate
+                    .check(&ask.check(&target))
+                    .map_err(|e| refused_head(e, blob_head, || self.gate.refuses_push(&target)))?;
                 if ask.op == Operation::Push {
                     let staged = self.staged(&route, &raw_name, &target, &ask, req);
                     let req = match Box::pin(staged).await? {
@@ -598,5 +600,15 @@ impl Proxy {
 
     pub(crate) fn upstreams(&self) -> &Upstreams {
         &self.upstreams
+    }
+}
+
+/// A refused blob `HEAD` becomes "unknown" when a push there is refused too (`push_refused`),
+/// so that a client starting a push goes on to the upload and is told why.
+fn refused_head(e: ProxyError, blob_head: bool, push_refused: impl FnOnce() -> bool) -> ProxyError {
+    if blob_head && e.is_denial() && push_refused() {
+        ProxyError::RefusedHead(e.to_string())
+    } else {
+        e
     }
 }
