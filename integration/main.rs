@@ -16,6 +16,7 @@ mod forward;
 mod gate;
 mod harness_selftest;
 mod ops;
+mod outages;
 mod policy;
 mod policy_sources;
 mod search;

@@ -157,6 +157,12 @@ pub enum Fault {
     WrongBytes { repo: String },
     /// A blob `GET` in `repo` answers 200 with the full `Content-Length`, sends half and closes.
     Truncated { repo: String },
+    /// Every request for repository `repo` is read and never answered: the connection stays
+    /// open until the upstream is dropped. `/v2/` still answers.
+    Hang { repo: String },
+    /// Every request for repository `repo` answers `status` with a plain-text body, as a
+    /// load balancer with no healthy backend does. `/v2/` still answers.
+    ServerError { repo: String, status: u16 },
 }
 
 pub struct FaultyUpstream {
@@ -199,6 +205,10 @@ impl FaultyUpstream {
                     };
                     let line = head.lines().next().unwrap_or("").to_owned();
                     seen.lock().expect("requests").push(line);
+                    if hangs(&head, &faults) {
+                        // Held, not closed: the caller waits for headers that never come.
+                        std::future::pending::<()>().await;
+                    }
                     let answer = faulty_answer(&head, &blob, &faults);
                     let _ = stream.write_all(&answer).await;
                     let _ = stream.flush().await;
@@ -239,6 +249,22 @@ impl FaultyUpstream {
     }
 }
 
+/// The repository of a `/v2/<repo>/{manifests,blobs,tags}/...` request line.
+fn repository_of(head: &str) -> Option<&str> {
+    let target = head.split_whitespace().nth(1)?;
+    let path = target.split('?').next()?.strip_prefix("/v2/")?;
+    ["/manifests/", "/blobs/", "/tags/"]
+        .iter()
+        .find_map(|kind| path.split_once(kind).map(|(repo, _)| repo))
+}
+
+fn hangs(head: &str, faults: &[Fault]) -> bool {
+    let repo = repository_of(head);
+    faults
+        .iter()
+        .any(|f| matches!(f, Fault::Hang { repo: r } if Some(r.as_str()) == repo))
+}
+
 fn faulty_answer(head: &str, blob: &[u8], faults: &[Fault]) -> Vec<u8> {
     let mut parts = head.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -265,6 +291,21 @@ fn faulty_answer(head: &str, blob: &[u8], faults: &[Fault]) -> Vec<u8> {
         return answer("200 OK", "Content-Type: application/json\r\n", b"{}");
     }
     let in_repo = |repo: &str| path.starts_with(&format!("/v2/{repo}/"));
+    for fault in faults {
+        if let Fault::ServerError { repo, status } = fault {
+            if repository_of(head) == Some(repo.as_str()) {
+                let reason = http::StatusCode::from_u16(*status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Server Error");
+                return answer(
+                    &format!("{status} {reason}"),
+                    "Content-Type: text/plain\r\n",
+                    b"no healthy upstream\n",
+                );
+            }
+        }
+    }
     for fault in faults {
         if let Fault::Challenge { repo, realm } = fault {
             if in_repo(repo) {
