@@ -54,8 +54,9 @@ impl Link {
 /// latency, and it keeps the bucket's bursts small.
 const CHUNK: usize = 16 * 1024;
 
-/// The bucket may lend this much time when it has been idle: a short burst, as `tbf` has.
-const BURST: Duration = Duration::from_millis(2);
+/// The bucket may lend this much time when it has been idle: a short burst, as `tbf` has,
+/// long enough that a relay woken late on a busy machine does not lose link time.
+const BURST: Duration = Duration::from_millis(20);
 
 /// A token bucket kept as the instant the link is next free: a chunk of `n` bytes occupies
 /// the link for `n / rate` from `max(now - burst, next_free)`.
@@ -301,7 +302,11 @@ where
                 .lock()
                 .expect("asked")
                 .get_or_insert_with(Instant::now);
-            if server_write.write_all(&buf[..n]).await.is_err() {
+            // TLS holds written records until flushed: unflushed, the end of a message
+            // waits for the next one.
+            if server_write.write_all(&buf[..n]).await.is_err()
+                || server_write.flush().await.is_err()
+            {
                 break;
             }
         }
@@ -318,7 +323,9 @@ where
             if let Some(began) = began {
                 tokio::time::sleep_until(began + delay).await;
             }
-            if client_write.write_all(&buf[..n]).await.is_err() {
+            if client_write.write_all(&buf[..n]).await.is_err()
+                || client_write.flush().await.is_err()
+            {
                 break;
             }
         }
