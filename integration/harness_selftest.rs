@@ -4,6 +4,7 @@
 
 use crate::harness::image::{self, sha256_digest};
 use crate::harness::process::describe;
+use crate::harness::shape;
 use crate::harness::tempdir::TestDir;
 use crate::harness::*;
 
@@ -428,4 +429,118 @@ fn skopeo_login_writes_only_its_private_auth_file() {
         "another skopeo shared the login:\n{}",
         describe(&stranger)
     );
+}
+
+/// An in-process TCP server on a free loopback port: echoes when `echo`, else reads and
+/// throws away everything, answering with the byte count when its client half-closes.
+fn tcp_server(echo: bool) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if echo => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(n) => total += n as u64,
+                    }
+                }
+                let _ = stream.write_all(&total.to_le_bytes());
+            });
+        }
+    });
+    addr
+}
+
+fn within(measured: f64, asked: f64, tolerance: f64) -> bool {
+    (measured - asked).abs() <= asked * tolerance
+}
+
+#[test]
+fn the_shaped_relay_gives_the_round_trip_time_it_was_asked_for() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    let relay = shape::ShapedRelay::start(tcp_server(true), shape::Link::new(20, 100));
+    let mut stream = std::net::TcpStream::connect(relay.addr()).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut rtts = Vec::new();
+    let mut byte = [0u8; 1];
+    for i in 0..20u8 {
+        let started = Instant::now();
+        stream.write_all(&[i]).expect("write");
+        stream.read_exact(&mut byte).expect("echo");
+        assert_eq!(byte[0], i);
+        rtts.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    rtts.sort_by(f64::total_cmp);
+    let median = rtts[rtts.len() / 2];
+    println!(
+        "shaped relay asked 20 ms RTT, measured median {median:.1} ms (min {:.1}, max {:.1})",
+        rtts[0],
+        rtts[rtts.len() - 1]
+    );
+    assert!(
+        within(median, 20.0, 0.2),
+        "median RTT {median:.1} ms, not 20 ms ±20%: {rtts:?}"
+    );
+    assert!(
+        rtts[0] >= 19.0,
+        "no round trip may be shorter than the delay: {rtts:?}"
+    );
+}
+
+#[test]
+fn the_shaped_relay_gives_the_rate_it_was_asked_for_shared_by_its_connections() {
+    use std::io::{Read, Write};
+    use std::time::Instant;
+    const BYTES: usize = 8 << 20;
+    let relay = shape::ShapedRelay::start(tcp_server(false), shape::Link::new(20, 100));
+    let send = |count: usize| {
+        let started = Instant::now();
+        let senders: Vec<_> = (0..count)
+            .map(|_| {
+                let addr = relay.addr();
+                std::thread::spawn(move || {
+                    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+                    let chunk = vec![7u8; 64 * 1024];
+                    for _ in 0..BYTES / chunk.len() {
+                        stream.write_all(&chunk).expect("send");
+                    }
+                    stream
+                        .shutdown(std::net::Shutdown::Write)
+                        .expect("half-close");
+                    let mut count = [0u8; 8];
+                    stream.read_exact(&mut count).expect("the server's count");
+                    u64::from_le_bytes(count)
+                })
+            })
+            .collect();
+        for s in senders {
+            assert_eq!(
+                s.join().expect("sender"),
+                BYTES as u64,
+                "every byte arrives"
+            );
+        }
+        (count * BYTES) as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6
+    };
+    let one = send(1);
+    let two = send(2);
+    println!("shaped relay asked 100 Mbit/s, measured {one:.1} Mbit/s on one connection, {two:.1} Mbit/s on two together");
+    assert!(within(one, 100.0, 0.2), "one connection: {one:.1} Mbit/s");
+    assert!(
+        within(two, 100.0, 0.2),
+        "two connections share one link: {two:.1} Mbit/s"
+    );
+    assert!(relay.bytes_up() >= 3 * BYTES as u64);
 }

@@ -21,4 +21,5 @@ mod policy;
 mod policy_sources;
 mod search;
 mod sessions;
+mod shaped;
 mod upstream_faults;

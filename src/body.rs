@@ -159,6 +159,57 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// Remembers why a body failed: when a request sent on fails because the *client's* body
+    /// did (it stalled or went away), the failure is the client's, not the registry's.
+    pub struct Watched<B> {
+        #[pin]
+        inner: B,
+        failure: Arc<std::sync::OnceLock<String>>,
+    }
+}
+
+/// `body`, and where the reason lands if it fails.
+pub fn watched<B>(body: B) -> (Watched<B>, Arc<std::sync::OnceLock<String>>) {
+    let failure = Arc::new(std::sync::OnceLock::new());
+    (
+        Watched {
+            inner: body,
+            failure: failure.clone(),
+        },
+        failure,
+    )
+}
+
+impl<B> Body for Watched<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Err(e)) = &frame {
+            let _ = this.failure.set(e.to_string());
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),
@@ -404,6 +455,24 @@ mod tests {
 
     fn sha256(data: &[u8]) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watched_body_remembers_why_it_failed() {
+        let stalled = futures_util::stream::pending::<Result<Frame<Bytes>, BoxError>>();
+        let body = IdleTimeout::new(
+            http_body_util::StreamBody::new(stalled),
+            Duration::from_secs(3),
+        );
+        let (body, failure) = watched(body);
+        assert!(body.collect().await.is_err());
+        assert_eq!(
+            failure.get().map(String::as_str),
+            Some("no body data for 3s")
+        );
+        let (body, failure) = watched(chunks(&[b"fine"]));
+        assert!(body.collect().await.is_ok());
+        assert!(failure.get().is_none());
     }
 
     #[tokio::test]

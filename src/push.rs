@@ -149,6 +149,11 @@ fn stage_error(e: StageError) -> ProxyError {
             ProxyError::DigestMismatch(e.to_string())
         }
         StageError::UnknownSession(_) => ProxyError::UploadUnknown(e.to_string()),
+        // The client stalled or went away mid-upload: its fault, not staging's.
+        StageError::Body(why) => {
+            warn!(reason = %why, "staged upload stopped mid-body; its session and file are dropped");
+            ProxyError::ClientBody(why)
+        }
         other => ProxyError::Staging(other.to_string()),
     }
 }

@@ -24,6 +24,7 @@ pub mod redirect;
 pub mod registry;
 pub mod rss;
 pub mod rt;
+pub mod shape;
 pub mod sockets;
 pub mod tempdir;
 pub mod token_server;

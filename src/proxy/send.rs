@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::{Body as _, Incoming};
+use tracing::warn;
 
 use crate::body::{boxed, empty, full, ProxyBody};
 use crate::cache::ManifestKey;
@@ -75,13 +76,14 @@ impl Proxy {
         let replayable = body.is_end_stream();
         // A client that stops sending mid-upload is cut after the registry's body timeout,
         // as a stalled upstream is: the upstream's answer is only timed once the body is in.
-        let body = if replayable {
-            body
+        let (body, client_failure) = if replayable {
+            (body, None)
         } else {
-            boxed(crate::body::IdleTimeout::new(
+            let (body, failure) = crate::body::watched(crate::body::IdleTimeout::new(
                 body,
                 upstream.config.body_timeout,
-            ))
+            ));
+            (boxed(body), Some(failure))
         };
         let uploaded = self
             .metrics
@@ -99,6 +101,8 @@ impl Proxy {
         } else {
             body
         };
+        let session =
+            matches!(route, Route::Upload { .. }).then(|| (path_and_query.clone(), scopes.clone()));
         let out = Outgoing {
             method: method.clone(),
             path_and_query,
@@ -123,7 +127,20 @@ impl Proxy {
             }
             _ => None,
         };
-        let resp = upstream.send(out).await?;
+        let resp = match upstream.send(out).await {
+            Ok(resp) => resp,
+            Err(e) => match client_failure.as_ref().and_then(|f| f.get()) {
+                Some(why) => {
+                    if let Some((path_and_query, scopes)) = session {
+                        let identity =
+                            upstream.identity_for(parts.headers.get(header::AUTHORIZATION));
+                        cancel_upload(upstream, path_and_query, scopes, identity, why).await;
+                    }
+                    return Err(ProxyError::ClientBody(why.clone()));
+                }
+                None => return Err(e.into()),
+            },
+        };
         let page = crate::tags::PageRequest::parse(parts.uri.query());
         let asked = Asked {
             method: &method,
@@ -179,6 +196,43 @@ impl Proxy {
             }
         }
         Some(out.finish())
+    }
+}
+
+/// A client's upload that stopped mid-body leaves the upstream's session holding part of
+/// it, which no client will resume: cancel it, as the client would have, so the registry
+/// does not keep it until its own purge. (distribution answers 404: a session whose size no
+/// longer matches its signed `_state` is dead to it already, and its purge removes the rest.)
+async fn cancel_upload(
+    upstream: &crate::upstream::Upstream,
+    path_and_query: String,
+    scopes: Vec<String>,
+    identity: crate::upstream::auth::Identity,
+    why: &str,
+) {
+    let host = upstream.config.host.as_str();
+    let out = Outgoing {
+        method: Method::DELETE,
+        path_and_query,
+        headers: HeaderMap::new(),
+        body: empty(),
+        replayable: true,
+        scopes,
+        identity,
+    };
+    match upstream.send(out).await {
+        Ok(resp) => warn!(
+            registry = %host,
+            status = resp.status().as_u16(),
+            reason = %why,
+            "client body failed mid-upload; asked the upstream to cancel the upload session"
+        ),
+        Err(e) => warn!(
+            registry = %host,
+            reason = %why,
+            error = %e,
+            "client body failed mid-upload; cancelling the upstream upload session failed"
+        ),
     }
 }
 
