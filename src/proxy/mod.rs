@@ -199,6 +199,7 @@ impl Proxy {
             .with_label_values(&[inbound.listener]);
         in_flight.inc();
         let method = req.method().clone();
+        let version = req.version();
         let path = req.uri().path().to_owned();
         let route = route::parse(&path);
         let operation = operation(route.as_ref().ok(), &method);
@@ -259,6 +260,7 @@ impl Proxy {
             %peer,
             %method,
             path = %path,
+            ?version,
             listener = %inbound.listener,
             operation = %operation,
             resolved = %resolved,
