@@ -220,20 +220,24 @@ fn curl_over_http2_and_http1_pulls_pushes_and_is_denied_on_the_registry_endpoint
             );
 
             let blob = door.repo_url(EXAMPLE, "team/app", &format!("blobs/{big_digest}"));
-            let started = Instant::now();
-            let got = door.send(proto, "GET", &blob, &[], None);
-            println!("{row}: 64 MiB blob GET in {:?}", started.elapsed());
-            check(
-                got.status == 200
-                    && got.version == version
-                    && got.body.len() == big.len()
-                    && sha256_digest(&got.body) == big_digest,
-                format!(
-                    "{row} 64 MiB blob GET: {} ({} bytes)",
-                    got.summary(),
-                    got.body.len()
-                ),
-            );
+            // The large body over HTTP/2 only: HTTP/1.1 large bodies are core.rs's, and each
+            // of these takes seconds through a debug build.
+            if proto == Proto::H2 {
+                let started = Instant::now();
+                let got = door.send(proto, "GET", &blob, &[], None);
+                println!("{row}: 64 MiB blob GET in {:?}", started.elapsed());
+                check(
+                    got.status == 200
+                        && got.version == version
+                        && got.body.len() == big.len()
+                        && sha256_digest(&got.body) == big_digest,
+                    format!(
+                        "{row} 64 MiB blob GET: {} ({} bytes)",
+                        got.summary(),
+                        got.body.len()
+                    ),
+                );
+            }
             let head = door.send(proto, "HEAD", &blob, &[], None);
             check(
                 head.status == 200
@@ -828,6 +832,31 @@ fn skopeo_and_dockerd_speak_http1_to_portcullis_even_though_it_offers_h2() {
     };
     println!("skopeo: {:?}", versions("/team/skopeo/"));
     assert_eq!(versions("/team/skopeo/"), ["HTTP/1.1"], "{}", w.proxy.log());
+
+    // The same through the forward proxy's intercepted session (the CA from SSL_CERT_FILE,
+    // not a cert dir): still HTTP/1.1.
+    let proxy_url = format!("http://{}", w.proxy.proxy_addr().expect("proxy listener"));
+    let ca = w.proxy.ca_file().display().to_string();
+    let inspect = skopeo.run_with_env(
+        &[
+            "inspect",
+            "--raw",
+            &format!("docker://{EXAMPLE}/team/skopeo:1"),
+        ],
+        &[("HTTPS_PROXY", &proxy_url), ("SSL_CERT_FILE", &ca)],
+    );
+    assert!(inspect.status.success(), "{}", describe(&inspect));
+    assert_eq!(inspect.stdout, image.manifest_bytes());
+    let forwarded: Vec<String> = w
+        .access_lines("path=/v2/team/skopeo/")
+        .iter()
+        .filter_map(|l| log_field(l, "version").map(str::to_owned))
+        .collect();
+    println!("skopeo through the forward proxy: {forwarded:?}");
+    assert!(
+        !forwarded.is_empty() && forwarded.iter().all(|v| v == "HTTP/1.1"),
+        "{forwarded:?}"
+    );
 
     w.example
         .seed(&OciImage::random(&[1 << 20]), "team/docker:1");
