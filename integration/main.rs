@@ -14,6 +14,7 @@ mod core;
 mod exhaust;
 mod forward;
 mod gate;
+mod h2;
 mod harness_selftest;
 mod ops;
 mod outages;

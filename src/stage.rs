@@ -140,6 +140,26 @@ struct Staged {
     owners: Vec<Owner>,
 }
 
+/// An [`Stage::append`] under way. Its future is dropped without finishing when hyper drops
+/// the request (an HTTP/2 client resets the stream while portcullis writes, a connection
+/// closes): then the session is cancelled here, or its `streaming` count would never come
+/// down, and the sweeper would keep its half-written file and reserved bytes for ever.
+struct Appending<'a> {
+    stage: &'a Stage,
+    id: &'a str,
+    written: u64,
+    done: bool,
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stage.release(self.written);
+            self.stage.cancel(self.id);
+        }
+    }
+}
+
 pub struct Stage {
     dir: PathBuf,
     limits: Limits,
@@ -303,8 +323,13 @@ impl Stage {
             s.streaming += 1;
             (s.path.clone(), s.hasher.clone())
         };
+        let mut appending = Appending {
+            stage: self,
+            id,
+            written: 0,
+            done: false,
+        };
         let mut file: Option<tokio::fs::File> = None;
-        let mut written = 0u64;
         let result = async {
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|e| StageError::Body(e.to_string()))?;
@@ -315,18 +340,19 @@ impl Stage {
                     continue;
                 }
                 self.reserve(data.len() as u64)?;
-                written += data.len() as u64;
+                appending.written += data.len() as u64;
                 hasher.update(&data);
                 let f = match &mut file {
                     Some(f) => f,
-                    None => file.insert(
-                        tokio::fs::OpenOptions::new()
+                    // Opened in place, not on the blocking pool: an open still running there
+                    // after a cancelled append would create the file after its removal.
+                    None => file.insert(tokio::fs::File::from_std(
+                        std::fs::OpenOptions::new()
                             .create(true)
                             .append(true)
                             .open(&path)
-                            .await
                             .map_err(io(&path))?,
-                    ),
+                    )),
                 };
                 f.write_all(&data).await.map_err(io(&path))?;
             }
@@ -336,6 +362,8 @@ impl Stage {
             }
         }
         .await;
+        appending.done = true;
+        let written = appending.written;
         drop(file);
         let mut sessions = self.sessions();
         let Some(s) = sessions.by_id.get_mut(id) else {
@@ -824,6 +852,35 @@ mod tests {
         assert!(matches!(err, StageError::UnknownSession(_)), "{err}");
         assert_eq!(stage.used_bytes(), 0);
         assert_eq!(files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn an_append_dropped_mid_body_cancels_its_session_and_frees_its_file_and_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stage, metrics) = open(dir.path(), limits(1 << 20));
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>,
+        >(1);
+        let body = crate::body::boxed(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+        tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"abc",
+        ))))
+        .await
+        .expect("send");
+        // What hyper does to a request whose HTTP/2 stream the client resets: the handler's
+        // future is dropped where it stands, here waiting for more body.
+        let append = stage.append(&id, body);
+        let cut = tokio::time::timeout(Duration::from_millis(200), append).await;
+        assert!(
+            cut.is_err(),
+            "the body never ends: the append must still be waiting"
+        );
+        assert_eq!(stage.status(&id), None, "the session is gone");
+        assert_eq!(stage.used_bytes(), 0);
+        assert_eq!(files(dir.path()), 0);
+        assert_eq!(metrics.staging_sessions.get(), 0);
+        drop(tx);
     }
 
     fn tokio_stream_from<T: Send + 'static>(
