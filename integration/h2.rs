@@ -84,11 +84,7 @@ impl World {
     }
 
     fn staging_dir(&self) -> PathBuf {
-        self.proxy
-            .ca_file()
-            .parent()
-            .expect("state dir")
-            .join("staging")
+        self.proxy.staging_dir()
     }
 
     fn staging_files(&self) -> Vec<String> {

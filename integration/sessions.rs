@@ -57,11 +57,7 @@ impl Staged {
     }
 
     fn staging_dir(&self) -> PathBuf {
-        self.proxy
-            .ca_file()
-            .parent()
-            .expect("state dir")
-            .join("staging")
+        self.proxy.staging_dir()
     }
 
     fn staging_files(&self) -> usize {

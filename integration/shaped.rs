@@ -112,27 +112,13 @@ fn skopeo_copies_a_256_mib_layer_over_a_20_ms_100_mbit_link_through_portcullis_a
         &format!("docker://{}/team/big:1", via_direct.host()),
         direct.cert_dir(),
     );
-    eprintln!(
-        "shaped: skopeo push 256 MiB through portcullis {:.1} s, direct {:.1} s",
-        secs(push),
-        secs(direct_push)
+    eprintln!("shaped: portcullis peak RSS {peak_mib:.0} MiB during the skopeo transfers");
+    compare(
+        "skopeo",
+        [(push, direct_push), (pull, direct_pull)],
+        [&via_proxy, &via_direct],
     );
-    eprintln!(
-        "shaped: skopeo pull 256 MiB through portcullis {:.1} s, direct {:.1} s (portcullis peak RSS {peak_mib:.0} MiB)",
-        secs(pull),
-        secs(direct_pull)
-    );
-    for relay in [&via_proxy, &via_direct] {
-        assert!(
-            relay.bytes_up() >= LAYER && relay.bytes_down() >= LAYER,
-            "the layer crossed the shaped link both ways ({} up, {} down)",
-            relay.bytes_up(),
-            relay.bytes_down()
-        );
-    }
     assert!(corp.has_blob(&image.layers[0].digest));
-    assert_not_much_slower("skopeo push", push, direct_push);
-    assert_not_much_slower("skopeo pull", pull, direct_pull);
     // Streaming holds a few buffers per connection; holding the layer would take 256 MiB.
     assert!(
         peak_mib < 128.0,
@@ -140,15 +126,35 @@ fn skopeo_copies_a_256_mib_layer_over_a_20_ms_100_mbit_link_through_portcullis_a
     );
 }
 
-/// portcullis streams both ways, so over a slow link it costs about what the link costs:
-/// the bound leaves room for a busy shared machine, not for a body read whole.
-fn assert_not_much_slower(what: &str, through: Duration, direct: Duration) {
-    assert!(
-        through <= direct.mul_f64(1.5) + Duration::from_secs(3),
-        "{what} through portcullis took {:.1} s, directly {:.1} s",
-        secs(through),
-        secs(direct)
-    );
+/// Prints the push and pull wall times through portcullis beside those of the same link
+/// straight to the registry, and checks that the layer really crossed each shaped link.
+/// portcullis streams both ways, so over a slow link it costs about what the link costs;
+/// the time bound is a sanity check that leaves room for a busy shared machine (a test's
+/// timing is no performance claim), not for a layer written whole before it is sent on.
+fn compare(client: &str, times: [(Duration, Duration); 2], relays: [&ShapedRelay; 2]) {
+    for (what, (through, direct)) in ["push", "pull"].into_iter().zip(times) {
+        eprintln!(
+            "shaped: {client} {what} 256 MiB through portcullis {:.1} s, direct {:.1} s",
+            secs(through),
+            secs(direct)
+        );
+    }
+    for relay in relays {
+        assert!(
+            relay.bytes_up() >= LAYER && relay.bytes_down() >= LAYER,
+            "the layer crossed the shaped link both ways ({} up, {} down)",
+            relay.bytes_up(),
+            relay.bytes_down()
+        );
+    }
+    for (what, (through, direct)) in ["push", "pull"].into_iter().zip(times) {
+        assert!(
+            through <= direct.mul_f64(2.5) + Duration::from_secs(5),
+            "{client} {what} through portcullis took {:.1} s, directly {:.1} s",
+            secs(through),
+            secs(direct)
+        );
+    }
 }
 
 /// `docker push` then, with every local copy removed, `docker pull` of `reference`; the
@@ -220,26 +226,11 @@ fn docker_pushes_and_pulls_a_256_mib_layer_over_a_20_ms_100_mbit_link_through_po
         &format!("{}/team/big:docker", via_direct.host()),
         diff_id,
     );
-    eprintln!(
-        "shaped: docker push 256 MiB through portcullis {:.1} s, direct {:.1} s",
-        secs(push),
-        secs(direct_push)
+    compare(
+        "docker",
+        [(push, direct_push), (pull, direct_pull)],
+        [&via_proxy, &via_direct],
     );
-    eprintln!(
-        "shaped: docker pull 256 MiB through portcullis {:.1} s, direct {:.1} s",
-        secs(pull),
-        secs(direct_pull)
-    );
-    for relay in [&via_proxy, &via_direct] {
-        assert!(
-            relay.bytes_up() >= LAYER && relay.bytes_down() >= LAYER,
-            "the layer crossed the shaped link both ways ({} up, {} down)",
-            relay.bytes_up(),
-            relay.bytes_down()
-        );
-    }
-    assert_not_much_slower("docker push", push, direct_push);
-    assert_not_much_slower("docker pull", pull, direct_pull);
 }
 
 /// What a client that stopped sending mid-body got back.
@@ -462,7 +453,7 @@ fn a_client_stalling_mid_staged_upload_is_cut_and_leaves_nothing_in_staging() {
             )
             .toml(),
     ));
-    let staging = proxy.ca_file().parent().expect("state dir").join("staging");
+    let staging = proxy.staging_dir();
     let files = || -> Vec<PathBuf> {
         std::fs::read_dir(&staging)
             .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())

@@ -126,6 +126,11 @@ impl Portcullis {
         self.dir.path().join("state/ca.crt")
     }
 
+    /// Where staged pushes are written (under the default `state_dir`).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.dir.path().join("state/staging")
+    }
+
     /// A directory holding only portcullis's `ca.crt`, for skopeo's `--*-cert-dir`.
     pub fn cert_dir(&self) -> PathBuf {
         let dir = self.dir.subdir("cert-dir");
