@@ -49,7 +49,10 @@ pub enum TlsError {
     #[error("cannot create directory {path}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("malformed PEM in {path}")]
-    Pem { path: PathBuf, source: io::Error },
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("no certificate found in {path}")]
     NoCertificate { path: PathBuf },
     #[error("no private key found in {path}")]
@@ -350,14 +353,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Reads the first PEM private key (PKCS#8, PKCS#1 or SEC1) in `path`.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut read(path)?.as_slice())
-        .map_err(|source| TlsError::Pem {
+    use rustls::pki_types::pem::{Error, PemObject};
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|source| match source {
+        Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_path_buf(),
+        },
+        source => TlsError::Pem {
             path: path.to_path_buf(),
             source,
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            path: path.to_path_buf(),
-        })
+        },
+    })
 }
 
 /// Server config for the registry endpoint. Docker speaks h2 when offered, h1 otherwise.
@@ -474,7 +479,8 @@ pub fn trust_instructions(ca_path: &Path) -> String {
 }
 
 fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
             path: path.to_path_buf(),

@@ -54,12 +54,12 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A TLS server configuration from PEM certificate and key.
 pub fn server_tls(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .expect("parse certificate PEM");
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .expect("parse key PEM")
-        .expect("a private key");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .expect("parse key PEM");
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
@@ -73,7 +73,8 @@ pub fn server_tls(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
 pub fn client_tls(ca_file: &std::path::Path) -> rustls::ClientConfig {
     let pem = std::fs::read(ca_file).unwrap_or_else(|e| panic!("read {}: {e}", ca_file.display()));
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         roots
             .add(cert.expect("parse CA PEM"))
             .expect("add CA to the root store");

@@ -254,7 +254,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 fn tls_connector(cacert: &str) -> TlsConnector {
     let pem = std::fs::read(cacert).unwrap_or_else(|e| usage(&format!("{cacert}: {e}")));
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.unwrap_or_else(|e| usage(&format!("{cacert}: {e}")));
         roots
             .add(cert)
