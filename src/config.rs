@@ -96,7 +96,7 @@ struct RawForward {
     #[serde(default)]
     tunnel_hosts: Vec<String>,
     proxy_auth: Option<Spanned<RawCredentials>>,
-    leaf_validity_hours: Option<u64>,
+    leaf_validity_hours: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -112,9 +112,9 @@ struct RawTls {
 struct RawResolve {
     search: Option<Spanned<Vec<Spanned<String>>>>,
     push: Option<Spanned<String>>,
-    cache_ttl_secs: Option<u64>,
-    search_timeout_secs: Option<u64>,
-    catalog_ttl_secs: Option<u64>,
+    cache_ttl_secs: Option<Spanned<u64>>,
+    search_timeout_secs: Option<Spanned<u64>>,
+    catalog_ttl_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -128,7 +128,7 @@ struct RawPolicy {
     staging_max_sessions: Option<Spanned<u64>>,
     staging_max_sessions_per_client: Option<Spanned<u64>>,
     staging_idle_session_secs: Option<Spanned<u64>>,
-    provenance_max_entries: Option<u64>,
+    provenance_max_entries: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -163,10 +163,10 @@ struct RawRegistry {
     redirect_hosts: Option<Vec<String>>,
     search: Option<Spanned<String>>,
     search_endpoint: Option<Spanned<String>>,
-    connect_timeout_secs: Option<u64>,
-    response_timeout_secs: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    body_timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<Spanned<u64>>,
+    response_timeout_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    body_timeout_secs: Option<Spanned<u64>>,
     max_idle_connections: Option<usize>,
 }
 
@@ -512,11 +512,13 @@ impl Checker<'_> {
                 .collect(),
             proxy_auth,
             leaf_validity: Duration::from_secs(
-                3600 * raw
-                    .forward
-                    .leaf_validity_hours
-                    .unwrap_or(24)
-                    .clamp(1, 24 * 30),
+                3600 * self.within(
+                    raw.forward.leaf_validity_hours,
+                    "forward.leaf_validity_hours",
+                    1,
+                    24 * 30,
+                    24,
+                ),
             ),
         };
 
@@ -658,22 +660,37 @@ impl Checker<'_> {
                 staging_max_sessions_per_client: usize::try_from(staging_max_sessions_per_client)
                     .unwrap_or(64),
                 staging_idle_session: Duration::from_secs(staging_idle_session_secs),
-                provenance_max_entries: raw
-                    .policy
-                    .provenance_max_entries
-                    .unwrap_or(1_000_000)
-                    .max(1000),
+                provenance_max_entries: self.within(
+                    raw.policy.provenance_max_entries,
+                    "policy.provenance_max_entries",
+                    1000,
+                    1_000_000_000,
+                    1_000_000,
+                ),
             },
             tls,
             resolve: ResolveConfig {
                 search,
                 push,
                 aliases,
-                cache_ttl: Duration::from_secs(raw.resolve.cache_ttl_secs.unwrap_or(600)),
-                search_timeout: Duration::from_secs(
-                    raw.resolve.search_timeout_secs.unwrap_or(10).max(1),
+                cache_ttl: self.secs(
+                    raw.resolve.cache_ttl_secs,
+                    "resolve.cache_ttl_secs",
+                    0..=7 * 86_400,
+                    600,
                 ),
-                catalog_ttl: Duration::from_secs(raw.resolve.catalog_ttl_secs.unwrap_or(300)),
+                search_timeout: self.secs(
+                    raw.resolve.search_timeout_secs,
+                    "resolve.search_timeout_secs",
+                    1..=600,
+                    10,
+                ),
+                catalog_ttl: self.secs(
+                    raw.resolve.catalog_ttl_secs,
+                    "resolve.catalog_ttl_secs",
+                    0..=7 * 86_400,
+                    300,
+                ),
             },
             cache: CacheConfig {
                 manifest_bytes: raw.cache.manifest_bytes.unwrap_or(64 * 1024 * 1024),
@@ -737,6 +754,17 @@ impl Checker<'_> {
             idle_timeout: Duration::from_secs(idle),
             drain_timeout: Duration::from_secs(drain),
         }
+    }
+
+    /// A duration in seconds within `range`, `default` when absent; out of range is a problem.
+    fn secs(
+        &mut self,
+        raw: Option<Spanned<u64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+        default: u64,
+    ) -> Duration {
+        Duration::from_secs(self.within(raw, key, *range.start(), *range.end(), default))
     }
 
     /// A number in `min..=max`, `default` when absent; out of range is a problem.
@@ -906,7 +934,6 @@ impl Checker<'_> {
                 }
             })
         };
-        let secs = |v: Option<u64>, default: u64| Duration::from_secs(v.unwrap_or(default));
         let search_endpoint =
             r.search_endpoint
                 .as_ref()
@@ -957,10 +984,30 @@ impl Checker<'_> {
             token_hosts: defaults(r.token_hosts, DOCKER_HUB_TOKEN_HOSTS),
             redirect_hosts: defaults(r.redirect_hosts, DOCKER_HUB_REDIRECT_HOSTS),
             search,
-            connect_timeout: secs(r.connect_timeout_secs, 10),
-            response_timeout: secs(r.response_timeout_secs, 60),
-            idle_timeout: secs(r.idle_timeout_secs, 90),
-            body_timeout: secs(r.body_timeout_secs, 60),
+            connect_timeout: self.secs(
+                r.connect_timeout_secs,
+                &format!("{key}.connect_timeout_secs"),
+                1..=600,
+                10,
+            ),
+            response_timeout: self.secs(
+                r.response_timeout_secs,
+                &format!("{key}.response_timeout_secs"),
+                1..=86_400,
+                60,
+            ),
+            idle_timeout: self.secs(
+                r.idle_timeout_secs,
+                &format!("{key}.idle_timeout_secs"),
+                1..=86_400,
+                90,
+            ),
+            body_timeout: self.secs(
+                r.body_timeout_secs,
+                &format!("{key}.body_timeout_secs"),
+                1..=86_400,
+                60,
+            ),
             max_idle_connections: r.max_idle_connections.unwrap_or(1024),
         })
     }
@@ -1046,6 +1093,33 @@ credentials = { username = "u", password_env = "PORTCULLIS_TEST_UNSET_VAR" }
                 "other.example.com:8443",
                 "[::1]:443"
             ]
+        );
+    }
+
+    #[test]
+    fn durations_out_of_range_are_each_reported_with_their_line_not_clamped() {
+        let text = "[resolve]\nsearch_timeout_secs = 0\n\n[forward]\nleaf_validity_hours = 0\n\n[[registry]]\nhost = \"registry.example.com\"\nresponse_timeout_secs = 0\nbody_timeout_secs = 0\n";
+        let err = parse(text).unwrap_err();
+        let rendered: Vec<String> = err.iter().map(ToString::to_string).collect();
+        for (line, key) in [
+            (2, "resolve.search_timeout_secs"),
+            (5, "forward.leaf_validity_hours"),
+            (9, "response_timeout_secs"),
+            (10, "body_timeout_secs"),
+        ] {
+            assert!(
+                rendered
+                    .iter()
+                    .any(|r| r.starts_with(&format!("test.toml:{line}:")) && r.contains(key)),
+                "{key} at line {line} in {rendered:?}"
+            );
+        }
+        let ok =
+            parse("[[registry]]\nhost = \"registry.example.com\"\nresponse_timeout_secs = 300\n")
+                .expect("config");
+        assert_eq!(
+            ok.registries["registry.example.com"].response_timeout,
+            Duration::from_secs(300)
         );
     }
 
