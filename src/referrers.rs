@@ -148,8 +148,7 @@ impl Index {
             return false;
         }
         let digest = digest_of(&descriptor).map(str::to_owned);
-        self.manifests
-            .retain(|d| digest_of(d) != digest.as_deref());
+        self.manifests.retain(|d| digest_of(d) != digest.as_deref());
         self.manifests.push(descriptor);
         true
     }
@@ -186,8 +185,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const SUBJECT: &str =
-        "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const SUBJECT: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     fn manifest(extra: Value) -> Vec<u8> {
         let mut m = json!({
@@ -207,14 +205,18 @@ mod tests {
     fn the_tag_is_the_algorithm_and_the_hex() {
         let d: Digest = SUBJECT.parse().expect("digest");
         assert_eq!(tag(&d), format!("sha256-{}", &SUBJECT[7..]));
-        let long: Digest = format!("sha512:{}", "a".repeat(128)).parse().expect("digest");
+        let long: Digest = format!("sha512:{}", "a".repeat(128))
+            .parse()
+            .expect("digest");
         assert_eq!(tag(&long), format!("sha512-{}", "a".repeat(64)));
     }
 
     #[test]
     fn artifact_type_is_the_manifests_else_the_config_media_type() {
         let own = manifest(json!({"artifactType": "application/vnd.example.sbom"}));
-        let r = referrer(&own, "sha256:x", None).expect("ok").expect("subject");
+        let r = referrer(&own, "sha256:x", None)
+            .expect("ok")
+            .expect("subject");
         assert_eq!(r.descriptor["artifactType"], "application/vnd.example.sbom");
         assert_eq!(r.subject.as_str(), SUBJECT);
         assert_eq!(r.descriptor["size"], own.len());
@@ -233,7 +235,9 @@ mod tests {
             "application/vnd.oci.image.manifest.v1+json"
         );
         let empty_type = manifest(json!({"artifactType": ""}));
-        let r = referrer(&empty_type, "sha256:z", None).expect("ok").expect("s");
+        let r = referrer(&empty_type, "sha256:z", None)
+            .expect("ok")
+            .expect("s");
         assert_eq!(
             r.descriptor["artifactType"],
             "application/vnd.example.config+json"
@@ -263,7 +267,10 @@ mod tests {
         let r = referrer(&bytes, "sha256:x", Some("application/vnd.example.manifest"))
             .expect("ok")
             .expect("subject");
-        assert_eq!(r.descriptor["mediaType"], "application/vnd.example.manifest");
+        assert_eq!(
+            r.descriptor["mediaType"],
+            "application/vnd.example.manifest"
+        );
     }
 
     #[test]
@@ -311,7 +318,11 @@ mod tests {
             br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
             b"nope",
         ] {
-            assert!(Index::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                Index::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let empty: Value = serde_json::from_slice(&Index::empty().to_bytes()).expect("json");
         assert_eq!(
