@@ -217,7 +217,7 @@ fn artifacts_with_a_subject_are_listed_filtered_and_deleted_through_the_tag_sche
     // The filter, said so in OCI-Filters-Applied.
     let (resp, filtered) = client.referrers(REPO, &subject, &format!("?artifactType={SBOM}"));
     assert_eq!(resp.header("OCI-Filters-Applied"), Some("artifactType"));
-    assert_eq!(digests(&filtered), [sbom_digest.clone()]);
+    assert_eq!(digests(&filtered), [sbom_digest.as_str()]);
     let (_, none) = client.referrers(REPO, &subject, "?artifactType=application/x-none");
     assert_eq!(none["manifests"], json!([]));
 
@@ -253,7 +253,7 @@ fn artifacts_with_a_subject_are_listed_filtered_and_deleted_through_the_tag_sche
     );
     assert_eq!(deleted.status, 202, "{}", deleted.text());
     let (_, after) = client.referrers(REPO, &subject, "");
-    assert_eq!(digests(&after), [signature_digest.clone()]);
+    assert_eq!(digests(&after), [signature_digest.as_str()]);
     let kept = registry.call(
         "GET",
         &format!("/v2/team/app/manifests/{tag}"),
