@@ -277,3 +277,93 @@ fn artifacts_with_a_subject_are_listed_filtered_and_deleted_through_the_tag_sche
         denied.text()
     );
 }
+
+fn metrics(proxy: &Portcullis) -> String {
+    let admin = proxy.admin_addr().expect("admin listener");
+    let out = std::process::Command::new("curl")
+        .args(["-s", &format!("http://{admin}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_index_the_registry_refuses_leaves_the_push_in_place_answered_without_oci_subject_and_counted()
+{
+    let corp = Registry::start(Auth::None);
+    let image = OciImage::random(&[4 * 1024]);
+    corp.seed(&image, "team/app:1");
+    let proxy = Portcullis::start(
+        &ProxyConfig::new()
+            .search(&["corp.example.com"])
+            .registry(Upstream::new("corp.example.com", &corp))
+            .toml(),
+    );
+    let client = Client {
+        base: proxy.url(),
+        ca: proxy.ca_file(),
+    };
+    let registry = Client {
+        base: corp.url(),
+        ca: corp.ca_file(),
+    };
+    let subject = image.manifest_digest.clone();
+    let config = client.upload(REPO, b"{}");
+    let artifact = |kind: &str| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "artifactType": kind,
+            "config": {"mediaType": EMPTY_CONFIG, "digest": config, "size": 2},
+            "layers": [],
+            "subject": {"mediaType": MANIFEST_MEDIA_TYPE, "digest": subject, "size": 1},
+        }))
+        .expect("json")
+    };
+    let first = artifact("application/vnd.example.first");
+    let first_digest = sha256_digest(&first);
+    let pushed = client.put_manifest(REPO, &first_digest, &first);
+    assert_eq!(pushed.header("OCI-Subject"), Some(subject.as_str()));
+    // Deleted behind portcullis's back: the index still names it, and distribution refuses
+    // an index naming a manifest it does not have.
+    let gone = registry.call(
+        "DELETE",
+        &format!("/v2/team/app/manifests/{first_digest}"),
+        &[],
+        vec![],
+    );
+    assert_eq!(gone.status, 202, "{}", gone.text());
+
+    let second = artifact("application/vnd.example.second");
+    let pushed = client.put_manifest(REPO, &sha256_digest(&second), &second);
+    assert_eq!(
+        pushed.status,
+        201,
+        "the manifest itself is pushed: {}",
+        pushed.text()
+    );
+    assert_eq!(
+        pushed.header("OCI-Subject"),
+        None,
+        "without OCI-Subject the client maintains the tag schema itself"
+    );
+    let stored = registry.call(
+        "GET",
+        &format!("/v2/team/app/manifests/{}", sha256_digest(&second)),
+        &[("Accept", MANIFEST_MEDIA_TYPE)],
+        vec![],
+    );
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert!(
+        metrics(&proxy).contains(
+            r#"portcullis_referrers_index_failures_total{registry="corp.example.com"} 1"#
+        ),
+        "{}",
+        metrics(&proxy)
+    );
+    assert!(
+        proxy.log().contains("referrers index was not updated"),
+        "{}",
+        proxy.log()
+    );
+}
