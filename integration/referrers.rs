@@ -367,3 +367,60 @@ fn an_index_the_registry_refuses_leaves_the_push_in_place_answered_without_oci_s
         proxy.log()
     );
 }
+
+const LABEL_RULE: &str = r#"
+public_registries = ["docker.io"]
+
+[[private]]
+id = "internal-label"
+message = "the image is labelled internal"
+action = "reject"
+labels = ["com.example.classification=internal"]
+"#;
+
+#[test]
+fn a_staged_push_with_a_subject_updates_the_index_once_its_content_is_judged() {
+    let hub = Registry::start(Auth::None);
+    let image = OciImage::random(&[4 * 1024]);
+    hub.seed(&image, "team/app:1");
+    let dir = TestDir::new("referrers-staged");
+    let policies = dir.subdir("policies");
+    std::fs::write(policies.join("private.toml"), LABEL_RULE).expect("policy");
+    let proxy = Portcullis::start(
+        &ProxyConfig::new()
+            .search(&["docker.io"])
+            .registry(Upstream::new("docker.io", &hub))
+            .set(
+                "policy",
+                "paths",
+                toml::Value::Array(vec![policies.display().to_string().into()]),
+            )
+            .toml(),
+    );
+    let client = Client {
+        base: proxy.url(),
+        ca: proxy.ca_file(),
+    };
+    let repo = "/v2/docker.io/team/app";
+    let subject = image.manifest_digest.clone();
+    // Staged: the blob waits in portcullis until the manifest is judged.
+    let config = client.upload(repo, b"{}");
+    assert!(!hub.has_blob(&config), "the push was not staged");
+    let artifact = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": SBOM,
+        "config": {"mediaType": EMPTY_CONFIG, "digest": config, "size": 2},
+        "layers": [],
+        "subject": {"mediaType": MANIFEST_MEDIA_TYPE, "digest": subject, "size": 1},
+    }))
+    .expect("json");
+    let digest = sha256_digest(&artifact);
+    let pushed = client.put_manifest(repo, &digest, &artifact);
+    assert_eq!(pushed.status, 201, "{}", pushed.text());
+    assert_eq!(pushed.header("OCI-Subject"), Some(subject.as_str()));
+    assert!(hub.has_blob(&config), "the staged blob was published");
+    let (_, index) = client.referrers(repo, &subject, "");
+    assert_eq!(digests(&index), [digest.as_str()]);
+    assert_eq!(entry(&index, &digest)["artifactType"], SBOM);
+}
