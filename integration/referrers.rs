@@ -261,7 +261,23 @@ fn artifacts_with_a_subject_are_listed_filtered_and_deleted_through_the_tag_sche
         vec![],
     );
     let kept: Value = serde_json::from_slice(&kept.body).expect("index");
-    assert_eq!(digests(&kept), [signature_digest]);
+    assert_eq!(digests(&kept), [signature_digest.as_str()]);
+
+    // The last one out leaves an empty index, which distribution accepts.
+    let deleted = client.call(
+        "DELETE",
+        &format!("{REPO}/manifests/{signature_digest}"),
+        &[],
+        vec![],
+    );
+    assert_eq!(deleted.status, 202, "{}", deleted.text());
+    let (_, after) = client.referrers(REPO, &subject, "");
+    assert_eq!(after["manifests"], json!([]));
+    assert!(
+        !proxy.log().contains("referrers index was not updated"),
+        "{}",
+        proxy.log()
+    );
 
     // A referrers list is a pull of the subject's repository: refused where pulls are.
     let denied = client.call(
