@@ -20,6 +20,7 @@ mod ops;
 mod outages;
 mod policy;
 mod policy_sources;
+mod referrers;
 mod search;
 mod sessions;
 mod shaped;

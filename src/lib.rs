@@ -23,6 +23,7 @@ pub mod provenance;
 pub mod proxy;
 pub mod push;
 pub mod reference;
+pub mod referrers;
 pub mod resolve;
 pub mod route;
 pub mod search;

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub staging_sessions: IntGauge,
     pub staging_sessions_refused: IntCounterVec,
     pub staging_sessions_expired: IntCounter,
+    pub referrers_index_failures: IntCounterVec,
 }
 
 /// The listeners, as their metric label.
@@ -227,6 +228,14 @@ impl Metrics {
                 )
                 .namespace(NS),
             )?,
+            referrers_index_failures: IntCounterVec::new(
+                Opts::new(
+                    "referrers_index_failures_total",
+                    "Referrers tag-schema indexes portcullis could not update after the upstream accepted a manifest (or its delete), by registry",
+                )
+                .namespace(NS),
+                &["registry"],
+            )?,
         };
         // Every bounded label set exists from the start at 0, so a dashboard's rate() over
         // a failure that has not happened yet is 0 rather than nothing.
@@ -250,6 +259,10 @@ impl Metrics {
         registry.register(Box::new(m.staging_sessions.clone()))?;
         registry.register(Box::new(m.staging_sessions_refused.clone()))?;
         registry.register(Box::new(m.staging_sessions_expired.clone()))?;
+        for registry in m.registries.iter().map(String::as_str).chain(["other"]) {
+            m.referrers_index_failures.with_label_values(&[registry]);
+        }
+        registry.register(Box::new(m.referrers_index_failures.clone()))?;
         registry.register(Box::new(m.proxy_connects.clone()))?;
         registry.register(Box::new(m.policy_decisions.clone()))?;
         registry.register(Box::new(m.policy_reloads.clone()))?;

@@ -21,6 +21,7 @@ mod listing;
 mod mount;
 mod namespace;
 mod record;
+mod referrers;
 mod request;
 mod respond;
 mod send;
@@ -143,6 +144,7 @@ pub struct Proxy {
     pub(crate) gate: Arc<Gate>,
     pub(crate) provenance: Option<Arc<Provenance>>,
     pub(crate) stage: Option<Arc<Stage>>,
+    referrer_locks: referrers::Locks,
 }
 
 impl Proxy {
@@ -163,6 +165,7 @@ impl Proxy {
             gate,
             provenance,
             stage,
+            referrer_locks: referrers::Locks::new(),
         })
     }
 
@@ -403,6 +406,9 @@ impl Proxy {
             user: user.as_deref(),
             listener: inbound.listener,
         };
+        if matches!(route, Route::Referrers { .. }) {
+            return Box::pin(self.referrers(&ask, &raw_name, plan, req)).await;
+        }
         // Decided on the digest of what is served: the upstream is asked for the body even
         // when the client only asked for the headers.
         let served = served::needs_served_digest(&route, &method, &policy);
@@ -418,9 +424,18 @@ impl Proxy {
                     .check(&ask.check(&target))
                     .map_err(|e| refused_head(e, blob_head, || self.gate.refuses_push(&target)))?;
                 if ask.op == Operation::Push {
+                    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
                     let staged = self.staged(&route, &raw_name, &target, &ask, req);
                     let req = match Box::pin(staged).await? {
-                        Ok(resp) => return Ok(with_warning(resp, verdict)),
+                        Ok(resp) => {
+                            let with = self.staged_with_referrers(
+                                &route,
+                                &target,
+                                authorization.as_ref(),
+                                resp,
+                            );
+                            return Ok(with_warning(Box::pin(with).await, verdict));
+                        }
                         Err(req) => req,
                     };
                     let req = match route {
@@ -434,11 +449,16 @@ impl Proxy {
                         (Route::UploadStart { .. }, _) => query_value(req.uri().query(), "mount"),
                         _ => None,
                     };
-                    let resp = Box::pin(self.forward(&route, &raw_name, &target, req)).await?;
+                    let push = self.push_with_referrers(&route, &raw_name, &target, req);
+                    let resp = Box::pin(push).await?;
                     if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
                         self.record_pushed(&digest, &target);
                     }
                     return Ok(with_warning(resp, verdict));
+                }
+                if ask.op == Operation::Delete && matches!(route, Route::Manifest { .. }) {
+                    let delete = self.delete_with_referrers(&route, &raw_name, &target, req);
+                    return Ok(with_warning(Box::pin(delete).await?, verdict));
                 }
                 if let Some(resp) = self.staged_blob(&ask, &target, &method).await {
                     return Ok(resp);
