@@ -207,7 +207,7 @@ impl Proxy {
         let operation = operation(route.as_ref().ok(), &method);
         let resp = match route {
             Ok(route) => self.dispatch(route, req, &inbound, peer).await,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(ProxyError::from_route(e, &method)),
         };
         let (resp, decision) = match resp {
             Ok(resp) => (resp, "allow"),
