@@ -75,6 +75,9 @@ pub enum ProxyError {
     /// (`400 DIGEST_INVALID`): it does not delete tags, which the spec calls `UNSUPPORTED`.
     #[error("{registry} does not delete tags; delete the manifest by digest instead")]
     TagDeleteUnsupported { registry: String },
+    /// An upload chunk whose `Content-Range` does not start where the upload stands.
+    #[error("{0}")]
+    RangeInvalid(String),
 }
 
 impl ProxyError {
@@ -103,6 +106,7 @@ impl ProxyError {
             ProxyError::RefusedHead(_) => StatusCode::NOT_FOUND,
             ProxyError::NoSuchReference(_) => StatusCode::NOT_FOUND,
             ProxyError::TagDeleteUnsupported { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
         }
     }
 
@@ -144,6 +148,7 @@ impl ProxyError {
             ProxyError::RefusedHead(_) => Code::Oci(ErrorCode::BlobUnknown),
             ProxyError::NoSuchReference(_) => Code::Oci(ErrorCode::ManifestUnknown),
             ProxyError::TagDeleteUnsupported { .. } => Code::Oci(ErrorCode::Unsupported),
+            ProxyError::RangeInvalid(_) => Code::Oci(ErrorCode::BlobUploadInvalid),
         }
     }
 
@@ -292,6 +297,11 @@ mod tests {
                 },
                 400,
                 "UNSUPPORTED",
+            ),
+            (
+                ProxyError::RangeInvalid("starts at 10".into()),
+                416,
+                "BLOB_UPLOAD_INVALID",
             ),
         ];
         for (err, status, code) in cases {

@@ -25,6 +25,7 @@ mod request;
 mod respond;
 mod send;
 mod served;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ use request::{
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
 pub use send::IntoProxyBody;
+pub(crate) use uploads::check_chunk;
 
 /// The challenge portcullis answers so that docker offers its credentials.
 pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
@@ -143,6 +145,7 @@ pub struct Proxy {
     pub(crate) gate: Arc<Gate>,
     pub(crate) provenance: Option<Arc<Provenance>>,
     pub(crate) stage: Option<Arc<Stage>>,
+    uploads: uploads::Uploads,
 }
 
 impl Proxy {
@@ -163,6 +166,7 @@ impl Proxy {
             gate,
             provenance,
             stage,
+            uploads: uploads::Uploads::new(),
         })
     }
 
@@ -434,7 +438,12 @@ impl Proxy {
                         (Route::UploadStart { .. }, _) => query_value(req.uri().query(), "mount"),
                         _ => None,
                     };
-                    let resp = Box::pin(self.forward(&route, &raw_name, &target, req)).await?;
+                    let resp = match route {
+                        Route::Upload { .. } | Route::UploadStart { .. } => {
+                            Box::pin(self.forward_upload(&route, &raw_name, &target, req)).await?
+                        }
+                        _ => Box::pin(self.forward(&route, &raw_name, &target, req)).await?,
+                    };
                     if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
                         self.record_pushed(&digest, &target);
                     }
