@@ -248,6 +248,11 @@ impl Proxy {
                 }
                 id.clone()
             }
+            None if !ok => {
+                // No session was opened, and the upstream's state stays here all the same.
+                resp.headers_mut().remove(header::LOCATION);
+                return Ok(resp);
+            }
             None => {
                 let id = format!("{UPLOAD_PREFIX}{}", uuid::Uuid::new_v4().simple());
                 let session = Session {
