@@ -10,6 +10,7 @@ mod harness;
 mod api;
 mod bypass;
 mod cli;
+mod conformance;
 mod core;
 mod exhaust;
 mod forward;

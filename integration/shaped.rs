@@ -369,15 +369,14 @@ fn a_client_stalling_mid_upload_is_cut_after_the_body_timeout_and_the_upstream_s
         ),
         &proxy.ca_file(),
     );
-    // The same session as the registry knows it, asked directly.
-    let upstream_session = format!(
-        "{}{}",
-        corp.url(),
-        location.replacen("/v2/corp.example.com/", "/v2/", 1)
-    );
-    let alive = https(&corp.ca_file())
-        .get(&upstream_session)
-        .expect("GET the session");
+    // The client holds portcullis's id only; portcullis asks the registry about the session
+    // at its latest upstream location (the registry's log shows that it did).
+    let status_of_session = || {
+        https(&proxy.ca_file())
+            .get(&format!("{}{location}", proxy.url()))
+            .expect("GET the session")
+    };
+    let alive = status_of_session();
     assert_eq!(
         alive.status,
         204,
@@ -392,9 +391,16 @@ fn a_client_stalling_mid_upload_is_cut_after_the_body_timeout_and_the_upstream_s
         Duration::from_secs(BODY_TIMEOUT + 10),
     );
     assert_cut_for_stalling(&stalled, &proxy);
-    let dead = https(&corp.ca_file())
-        .get(&upstream_session)
-        .expect("GET the session");
+    let dead = status_of_session();
+    let asked: Vec<String> = corp
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET /v2/team/app/blobs/uploads/"))
+        .collect();
+    assert!(
+        asked.len() == 2 && asked[0].ends_with(" 204") && asked[1].ends_with(" 404"),
+        "the registry answered both status checks: {asked:?}"
+    );
     assert_eq!(
         dead.status,
         404,

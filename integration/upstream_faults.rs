@@ -88,19 +88,24 @@ fn a_foreign_upload_location_fails_the_push_naming_the_registry_and_skopeo_never
         upstream.requests()
     );
 
-    // Every upload answer is checked, not only the POST that starts a session.
+    // The POST that starts a session fails; a session id portcullis never handed out (the
+    // upstream's own) is unknown and never forwarded.
     for method in ["POST", "PATCH", "PUT", "GET"] {
-        let path = match method {
-            "POST" => format!("/v2/{REGISTRY}/team/app/blobs/uploads/"),
-            _ => format!("/v2/{REGISTRY}/team/app/blobs/uploads/session-1"),
+        let (path, status, says) = match method {
+            "POST" => (
+                format!("/v2/{REGISTRY}/team/app/blobs/uploads/"),
+                502,
+                REGISTRY,
+            ),
+            _ => (
+                format!("/v2/{REGISTRY}/team/app/blobs/uploads/session-1"),
+                404,
+                "unknown",
+            ),
         };
         let answer = call(&proxy, method, &path, &[]).expect("an answer");
-        assert_eq!(answer.status, 502, "{method}: {}", answer.text());
-        assert!(
-            answer.text().contains(REGISTRY),
-            "{method}: {}",
-            answer.text()
-        );
+        assert_eq!(answer.status, status, "{method}: {}", answer.text());
+        assert!(answer.text().contains(says), "{method}: {}", answer.text());
         assert!(
             answer
                 .header("Location")
@@ -126,9 +131,24 @@ fn same_origin_upload_locations_are_rewritten_to_portcullis_names() {
     .expect("POST");
 
     assert_eq!(started.status, 202, "{}", started.text());
-    assert_eq!(
-        started.header("Location"),
-        Some(format!("/v2/{REGISTRY}/team/app/blobs/uploads/session-1?_state=abc%3D").as_str())
+    // The client gets portcullis's id; the upstream's location, state and all, is what
+    // portcullis sends the next request to.
+    let location = started.header("Location").expect("Location").to_owned();
+    assert!(
+        location.starts_with(&format!("/v2/{REGISTRY}/team/app/blobs/uploads/pcu-"))
+            && !location.contains("_state"),
+        "{location}"
+    );
+    let patched = call(&proxy, "PATCH", &location, &[]).expect("PATCH");
+    assert_eq!(patched.status, 202, "{}", patched.text());
+    assert_eq!(patched.header("Location"), Some(location.as_str()));
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("PATCH /v2/team/app/blobs/uploads/session-1?_state=abc%3D ")),
+        "{:?}",
+        upstream.requests()
     );
 }
 

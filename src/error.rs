@@ -5,7 +5,7 @@
 //! did wrong is a 4xx with a distribution-spec code; an upstream failure names the registry.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 use oci_spec::distribution::{ErrorCode, ErrorInfoBuilder, ErrorResponseBuilder};
 
 use crate::body::{full, ProxyBody};
@@ -67,6 +67,17 @@ pub enum ProxyError {
     /// "unknown" the client goes on to the upload, whose `403` says why.
     #[error("{0}")]
     RefusedHead(String),
+    /// A read of a manifest reference that is neither a tag nor a digest: nothing can exist
+    /// there, so it is unknown (the spec's 404), and nothing is asked upstream.
+    #[error("manifest unknown: {0}")]
+    NoSuchReference(String),
+    /// The upstream refused to delete a manifest by tag the way distribution 2.x does
+    /// (`400 DIGEST_INVALID`): it does not delete tags, which the spec calls `UNSUPPORTED`.
+    #[error("{registry} does not delete tags; delete the manifest by digest instead")]
+    TagDeleteUnsupported { registry: String },
+    /// An upload chunk whose `Content-Range` does not start where the upload stands.
+    #[error("{0}")]
+    RangeInvalid(String),
 }
 
 impl ProxyError {
@@ -93,6 +104,9 @@ impl ProxyError {
             ProxyError::Staging(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::RefusedHead(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoSuchReference(_) => StatusCode::NOT_FOUND,
+            ProxyError::TagDeleteUnsupported { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
         }
     }
 
@@ -132,6 +146,9 @@ impl ProxyError {
             ProxyError::UploadUnknown(_) => Code::Oci(ErrorCode::BlobUploadUnknown),
             ProxyError::TooManyRequests(_) => Code::Oci(ErrorCode::TooManyRequests),
             ProxyError::RefusedHead(_) => Code::Oci(ErrorCode::BlobUnknown),
+            ProxyError::NoSuchReference(_) => Code::Oci(ErrorCode::ManifestUnknown),
+            ProxyError::TagDeleteUnsupported { .. } => Code::Oci(ErrorCode::Unsupported),
+            ProxyError::RangeInvalid(_) => Code::Oci(ErrorCode::BlobUploadInvalid),
         }
     }
 
@@ -144,6 +161,21 @@ impl ProxyError {
                 | ProxyError::Denied(_)
                 | ProxyError::RefusedHead(_)
         )
+    }
+
+    /// A path that did not route, for a request with `method`. A `GET` or `HEAD` of a manifest
+    /// reference that cannot be a tag is unknown rather than malformed (the spec's 404); a
+    /// malformed digest stays `DIGEST_INVALID`, and a `PUT` or `DELETE` stays 400 (the spec
+    /// says a tag "MUST match" its grammar and gives no other code for it).
+    pub fn from_route(e: RouteError, method: &Method) -> ProxyError {
+        match e {
+            RouteError::Name(NameError::InvalidTag(why))
+                if *method == Method::GET || *method == Method::HEAD =>
+            {
+                ProxyError::NoSuchReference(why)
+            }
+            e => ProxyError::Route(e),
+        }
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
@@ -259,6 +291,18 @@ mod tests {
                 429,
                 "TOOMANYREQUESTS",
             ),
+            (
+                ProxyError::TagDeleteUnsupported {
+                    registry: "corp.example.com".into(),
+                },
+                400,
+                "UNSUPPORTED",
+            ),
+            (
+                ProxyError::RangeInvalid("starts at 10".into()),
+                416,
+                "BLOB_UPLOAD_INVALID",
+            ),
         ];
         for (err, status, code) in cases {
             let message = err.to_string();
@@ -268,6 +312,30 @@ mod tests {
             assert_eq!(json["errors"][0]["code"], code, "{message}");
             assert_eq!(json["errors"][0]["message"], message.as_str());
         }
+    }
+
+    #[test]
+    fn reads_of_an_impossible_tag_are_unknown_and_everything_else_keeps_its_400() {
+        let route = |path: &str, method: Method| {
+            let e = crate::route::parse(path).expect_err("does not route");
+            let e = ProxyError::from_route(e, &method);
+            (e.status().as_u16(), e.code())
+        };
+        let unknown = (404, Code::Oci(ErrorCode::ManifestUnknown));
+        let bad = "/v2/a/manifests/.INVALID_MANIFEST_NAME";
+        assert_eq!(route(bad, Method::GET), unknown);
+        assert_eq!(route(bad, Method::HEAD), unknown);
+        let invalid = (400, Code::Oci(ErrorCode::ManifestInvalid));
+        assert_eq!(route(bad, Method::PUT), invalid);
+        assert_eq!(route(bad, Method::DELETE), invalid);
+        let digest = (400, Code::Oci(ErrorCode::DigestInvalid));
+        assert_eq!(
+            route("/v2/a/manifests/sha256:totallywrong", Method::GET),
+            digest
+        );
+        assert_eq!(route("/v2/a/blobs/latest", Method::HEAD), digest);
+        let path = (400, Code::Oci(ErrorCode::NameInvalid));
+        assert_eq!(route("/v2/a/manifests/%2e", Method::GET), path);
     }
 
     #[tokio::test]

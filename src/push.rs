@@ -240,6 +240,14 @@ impl Proxy {
             }
             Route::Upload { session, .. } if session.starts_with(SESSION_PREFIX) => {
                 let location = format!("{uploads}/{session}");
+                if method == Method::PATCH || method == Method::PUT {
+                    // Out of order or retried: refused before a byte is appended, as for
+                    // forwarded uploads.
+                    let held = stage.status(session).ok_or_else(|| {
+                        ProxyError::UploadUnknown(format!("upload {session} is unknown"))
+                    })?;
+                    crate::proxy::check_chunk(req.headers(), held)?;
+                }
                 match method {
                     Method::PATCH => {
                         let size = stage

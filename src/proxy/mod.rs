@@ -26,6 +26,7 @@ mod request;
 mod respond;
 mod send;
 mod served;
+mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ use request::{
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
 pub use send::IntoProxyBody;
+pub(crate) use uploads::check_chunk;
 
 /// The challenge portcullis answers so that docker offers its credentials.
 pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
@@ -145,6 +147,7 @@ pub struct Proxy {
     pub(crate) provenance: Option<Arc<Provenance>>,
     pub(crate) stage: Option<Arc<Stage>>,
     referrer_locks: referrers::Locks,
+    uploads: uploads::Uploads,
 }
 
 impl Proxy {
@@ -166,6 +169,7 @@ impl Proxy {
             provenance,
             stage,
             referrer_locks: referrers::Locks::new(),
+            uploads: uploads::Uploads::new(),
         })
     }
 
@@ -210,7 +214,7 @@ impl Proxy {
         let operation = operation(route.as_ref().ok(), &method);
         let resp = match route {
             Ok(route) => self.dispatch(route, req, &inbound, peer).await,
-            Err(e) => Err(e.into()),
+            Err(e) => Err(ProxyError::from_route(e, &method)),
         };
         let (resp, decision) = match resp {
             Ok(resp) => (resp, "allow"),
@@ -449,8 +453,15 @@ impl Proxy {
                         (Route::UploadStart { .. }, _) => query_value(req.uri().query(), "mount"),
                         _ => None,
                     };
-                    let push = self.push_with_referrers(&route, &raw_name, &target, req);
-                    let resp = Box::pin(push).await?;
+                    let resp = match route {
+                        Route::Upload { .. } | Route::UploadStart { .. } => {
+                            Box::pin(self.forward_upload(&route, &raw_name, &target, req)).await?
+                        }
+                        _ => {
+                            let push = self.push_with_referrers(&route, &raw_name, &target, req);
+                            Box::pin(push).await?
+                        }
+                    };
                     if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
                         self.record_pushed(&digest, &target);
                     }

@@ -27,6 +27,18 @@ use super::{Proxy, API_VERSION, CLIENT_CHALLENGE, MAX_MANIFEST, RESOLVED_HEADER}
 /// Tag lists are buffered only to paginate them for registries that do not.
 const MAX_TAG_LIST: usize = 16 * 1024 * 1024;
 
+/// An error body read to judge it; distribution's are a few hundred bytes.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// distribution 2.x parses the reference of a manifest `DELETE` as a digest, so a tag gets
+/// `DIGEST_INVALID`: it does not delete tags, which is what the spec's `UNSUPPORTED` says.
+fn refuses_tag_delete(body: &[u8]) -> bool {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    value["errors"]
+        .as_array()
+        .is_some_and(|errors| errors.iter().any(|e| e["code"] == "DIGEST_INVALID"))
+}
+
 /// What the client asked for, beyond the route: the method, the tag page, and whether it
 /// sent a `Range` (only then may a 206 pass unverified).
 pub(super) struct Asked<'a> {
@@ -108,7 +120,23 @@ pub(super) async fn respond(
         ))
     };
     let mut cacheable = None;
+    let tag_delete = matches!(
+        route,
+        Route::Manifest {
+            reference: Reference::Tag(_),
+            ..
+        }
+    ) && method == Method::DELETE;
     let body = match route {
+        _ if tag_delete && parts.status == StatusCode::BAD_REQUEST => {
+            let bytes = read_limited(body, MAX_ERROR_BODY, registry).await?;
+            if refuses_tag_delete(&bytes) {
+                return Err(ProxyError::TagDeleteUnsupported {
+                    registry: registry.to_owned(),
+                });
+            }
+            full(bytes)
+        }
         Route::Tags { .. } if ok && method == Method::GET && asked.page.is_paged() => {
             let bytes = read_limited(body, MAX_TAG_LIST, registry).await?;
             match crate::tags::paginate(&bytes, asked.page, raw_name) {
@@ -293,6 +321,17 @@ mod tests {
             assert!(!check(other, true), "{other}");
         }
         assert!(check(404, false) && check(307, false) && check(500, true));
+    }
+
+    #[test]
+    fn only_distributions_digest_invalid_means_tag_deletes_are_unsupported() {
+        let body = br#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#;
+        assert!(refuses_tag_delete(body));
+        assert!(!refuses_tag_delete(
+            br#"{"errors":[{"code":"NAME_INVALID"}]}"#
+        ));
+        assert!(!refuses_tag_delete(b"not json"));
+        assert!(!refuses_tag_delete(b""));
     }
 
     #[test]
