@@ -75,6 +75,8 @@ def listeners_bound_for_the_cluster(world):
     assert listen["registry"] == "0.0.0.0:5443", listen
     service_ports = {p["name"]: p["port"] for p in one(world, "Service")["spec"]["ports"]}
     assert service_ports["registry"] == 5443 and service_ports["admin"] == 9464, service_ports
+    # Upload sessions are per pod: a client's chunks must reach the pod that started them.
+    assert one(world, "Service")["spec"]["sessionAffinity"] == "ClientIP"
     if listen["proxy"] != "off":
         assert listen["proxy"] == "0.0.0.0:3128" and service_ports["proxy"] == 3128
     else:
