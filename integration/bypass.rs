@@ -415,11 +415,7 @@ impl World {
                 let config = ProxyConfig::new()
                     .search(&[EXAMPLE, EVIL])
                     .set("listen", "mirror", format!("127.0.0.1:{}", free_port()))
-                    .set(
-                        "policy",
-                        "paths",
-                        toml::Value::Array(vec![dir.display().to_string().into()]),
-                    )
+                    .policy_path(dir)
                     .registry(Upstream::new(EXAMPLE, &example))
                     .registry(Upstream::new(EVIL, &evil))
                     .registry(Upstream::new(HUB, &hub));

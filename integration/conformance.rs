@@ -236,11 +236,7 @@ fn staged_uploads_refuse_out_of_order_and_retried_chunks_as_forwarded_ones_do() 
     let proxy = Portcullis::start(
         &ProxyConfig::new()
             .registry(Upstream::new("docker.io", &hub))
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policy.display().to_string().into()]),
-            )
+            .policy_path(policy)
             .toml(),
     );
     chunked_upload_with_bad_chunks(&proxy, "/v2/docker.io/team/app");

@@ -68,11 +68,7 @@ impl World {
         let policy = dir.write("policy.toml", POLICY);
         let config = ProxyConfig::new()
             .search(&[EXAMPLE])
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policy.display().to_string().into()]),
-            )
+            .policy_path(policy)
             .registry(Upstream::new(EXAMPLE, &example))
             .registry(Upstream::new(HUB, &hub));
         World {

@@ -131,11 +131,7 @@ impl World {
                 .search(&[A, B])
                 .registry(a)
                 .registry(Upstream::new(B, &b))
-                .set(
-                    "policy",
-                    "paths",
-                    toml::Value::Array(vec![file.display().to_string().into()]),
-                )
+                .policy_path(file)
                 .toml(),
         );
         let b_seen = b.requests().len();

@@ -31,11 +31,7 @@ impl Gatekeeper {
         }
         let audit = dir.path().join("audit.jsonl");
         let config = config
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policies.display().to_string().into()]),
-            )
+            .policy_path(policies)
             .set("policy", "audit_log", audit.display().to_string())
             .set("policy", "reload_interval_ms", every_ms);
         Gatekeeper {

@@ -72,11 +72,7 @@ impl World {
         let config = ProxyConfig::new()
             .search(&["corp.example.com"])
             .registry(Upstream::new("corp.example.com", &corp))
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policies.join(path).display().to_string().into()]),
-            )
+            .policy_path(policies.join(path))
             .set("policy", "reload_interval_ms", 100);
         World {
             _corp: corp,
@@ -307,11 +303,7 @@ fn serve_must_refuse(dir: &TestDir, policy_path: &Path) -> String {
     let addr = ([127, 0, 0, 1], free_port()).into();
     let config = complete(
         &ProxyConfig::new()
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policy_path.display().to_string().into()]),
-            )
+            .policy_path(policy_path)
             .set("listen", "admin", "off")
             .set("listen", "proxy", "off")
             .toml(),

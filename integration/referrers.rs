@@ -124,11 +124,7 @@ fn artifacts_with_a_subject_are_listed_filtered_and_deleted_through_the_tag_sche
             .search(&["corp.example.com"])
             .push("corp.example.com")
             .registry(Upstream::new("corp.example.com", &corp))
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policies.display().to_string().into()]),
-            )
+            .policy_path(policies)
             .toml(),
     );
     let client = Client {
@@ -384,16 +380,6 @@ fn an_index_the_registry_refuses_leaves_the_push_in_place_answered_without_oci_s
     );
 }
 
-const LABEL_RULE: &str = r#"
-public_registries = ["docker.io"]
-
-[[private]]
-id = "internal-label"
-message = "the image is labelled internal"
-action = "reject"
-labels = ["com.example.classification=internal"]
-"#;
-
 #[test]
 fn a_staged_push_with_a_subject_updates_the_index_once_its_content_is_judged() {
     let hub = Registry::start(Auth::None);
@@ -401,16 +387,12 @@ fn a_staged_push_with_a_subject_updates_the_index_once_its_content_is_judged() {
     hub.seed(&image, "team/app:1");
     let dir = TestDir::new("referrers-staged");
     let policies = dir.subdir("policies");
-    std::fs::write(policies.join("private.toml"), LABEL_RULE).expect("policy");
+    std::fs::write(policies.join("private.toml"), STAGE_DOCKER_IO_PUSHES).expect("policy");
     let proxy = Portcullis::start(
         &ProxyConfig::new()
             .search(&["docker.io"])
             .registry(Upstream::new("docker.io", &hub))
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policies.display().to_string().into()]),
-            )
+            .policy_path(policies)
             .toml(),
     );
     let client = Client {

@@ -54,11 +54,7 @@ fn docker_search_lists_every_search_registry_fully_qualified_in_priority_order()
                 "docker.io",
             ])
             .set("resolve", "catalog_ttl_secs", 1)
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policy_file.display().to_string().into()]),
-            )
+            .policy_path(policy_file)
             .registry(Upstream::new("untrusted.example.com", &blocked))
             .registry(Upstream::new("registry.example.com", &example))
             .registry(Upstream::new("corp.example.com", &corp))

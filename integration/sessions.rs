@@ -11,17 +11,6 @@ use crate::harness::process::describe;
 use crate::harness::tempdir::TestDir;
 use crate::harness::*;
 
-/// A content rule on docker.io makes every push there staged by portcullis.
-const LABEL_RULE: &str = r#"
-public_registries = ["docker.io"]
-
-[[private]]
-id = "internal-label"
-message = "the image is labelled internal"
-action = "reject"
-labels = ["com.example.classification=internal"]
-"#;
-
 const PER_CLIENT: usize = 4;
 const IDLE_SECS: u64 = 2;
 
@@ -35,14 +24,10 @@ impl Staged {
     fn start() -> Staged {
         let hub = Registry::start(Auth::None);
         let dir = TestDir::new("sessions");
-        let policy = dir.write("private.toml", LABEL_RULE);
+        let policy = dir.write("private.toml", STAGE_DOCKER_IO_PUSHES);
         let config = ProxyConfig::new()
             .registry(Upstream::new("docker.io", &hub))
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policy.display().to_string().into()]),
-            )
+            .policy_path(policy)
             .set(
                 "policy",
                 "staging_max_sessions_per_client",

@@ -431,32 +431,17 @@ fn a_client_stalling_mid_upload_is_cut_after_the_body_timeout_and_the_upstream_s
     );
 }
 
-/// A content rule on docker.io makes every push there staged by portcullis.
-const LABEL_RULE: &str = r#"
-public_registries = ["docker.io"]
-
-[[private]]
-id = "internal-label"
-message = "the image is labelled internal"
-action = "reject"
-labels = ["com.example.classification=internal"]
-"#;
-
 #[test]
 fn a_client_stalling_mid_staged_upload_is_cut_and_leaves_nothing_in_staging() {
     let hub = Registry::start(Auth::None);
     let dir = TestDir::new("shaped-policy");
-    let policy = dir.write("private.toml", LABEL_RULE);
+    let policy = dir.write("private.toml", STAGE_DOCKER_IO_PUSHES);
     let proxy = Portcullis::start(&default_timeouts(
         &ProxyConfig::new()
             .registry(
                 Upstream::new("docker.io", &hub).with("body_timeout_secs", BODY_TIMEOUT as i64),
             )
-            .set(
-                "policy",
-                "paths",
-                toml::Value::Array(vec![policy.display().to_string().into()]),
-            )
+            .policy_path(policy)
             .toml(),
     ));
     let staging = proxy.staging_dir();

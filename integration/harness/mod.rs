@@ -44,3 +44,15 @@ pub use registry::{Auth, Registry};
 pub use token_server::TokenServer;
 #[allow(unused_imports)]
 pub use tools::{Buildah, Podman, Skopeo};
+
+/// A policy whose content rule on docker.io makes portcullis stage every push there (the
+/// rule needs the image's labels, so the push is held until its manifest is judged).
+pub const STAGE_DOCKER_IO_PUSHES: &str = r#"
+public_registries = ["docker.io"]
+
+[[private]]
+id = "internal-label"
+message = "the image is labelled internal"
+action = "reject"
+labels = ["com.example.classification=internal"]
+"#;

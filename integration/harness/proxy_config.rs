@@ -116,6 +116,12 @@ impl ProxyConfig {
         self
     }
 
+    /// `[policy] paths = [path]`: one policy file or directory.
+    pub fn policy_path(self, path: impl AsRef<std::path::Path>) -> ProxyConfig {
+        let path = path.as_ref().display().to_string();
+        self.set("policy", "paths", toml::Value::Array(vec![path.into()]))
+    }
+
     pub fn registry(mut self, upstream: Upstream) -> ProxyConfig {
         self.registries.push(upstream);
         self
