@@ -32,6 +32,20 @@ struct Client {
 }
 
 impl Client {
+    fn of_proxy(proxy: &Portcullis) -> Client {
+        Client {
+            base: proxy.url(),
+            ca: proxy.ca_file(),
+        }
+    }
+
+    fn of_registry(registry: &Registry) -> Client {
+        Client {
+            base: registry.url(),
+            ca: registry.ca_file(),
+        }
+    }
+
     fn call(&self, method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
         let url = if url.starts_with("http") {
             url.to_owned()
@@ -127,14 +141,8 @@ fn artifacts_with_a_subject_are_listed_filtered_and_deleted_through_the_tag_sche
             .policy_path(policies)
             .toml(),
     );
-    let client = Client {
-        base: proxy.url(),
-        ca: proxy.ca_file(),
-    };
-    let registry = Client {
-        base: corp.url(),
-        ca: corp.ca_file(),
-    };
+    let client = Client::of_proxy(&proxy);
+    let registry = Client::of_registry(&corp);
     let subject = image.manifest_digest.clone();
 
     // The upstream has no referrers API: passing the request through would answer 404.
@@ -311,14 +319,8 @@ fn an_index_the_registry_refuses_leaves_the_push_in_place_answered_without_oci_s
             .registry(Upstream::new("corp.example.com", &corp))
             .toml(),
     );
-    let client = Client {
-        base: proxy.url(),
-        ca: proxy.ca_file(),
-    };
-    let registry = Client {
-        base: corp.url(),
-        ca: corp.ca_file(),
-    };
+    let client = Client::of_proxy(&proxy);
+    let registry = Client::of_registry(&corp);
     let subject = image.manifest_digest.clone();
     let config = client.upload(REPO, b"{}");
     let artifact = |kind: &str| {
@@ -395,10 +397,7 @@ fn a_staged_push_with_a_subject_updates_the_index_once_its_content_is_judged() {
             .policy_path(policies)
             .toml(),
     );
-    let client = Client {
-        base: proxy.url(),
-        ca: proxy.ca_file(),
-    };
+    let client = Client::of_proxy(&proxy);
     let repo = "/v2/docker.io/team/app";
     let subject = image.manifest_digest.clone();
     // Staged: the blob waits in portcullis until the manifest is judged.
