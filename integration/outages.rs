@@ -208,14 +208,14 @@ impl World {
         let logged = if path.contains(A) && self.outage == Outage::ServerError {
             // a's own 503 is passed on, with the access line saying so.
             log.lines().any(|l| {
-                l.contains("INFO portcullis::proxy: request ")
+                l.contains("INFO portcullis::pipeline: request ")
                     && l.contains(&path)
                     && l.contains("status=503")
             })
         } else {
             let error = format!("error={}", self.outage.error());
             log.lines().any(|l| {
-                l.contains("WARN portcullis::proxy: request failed")
+                l.contains("WARN portcullis::pipeline: request failed")
                     && l.contains(&path)
                     && l.contains(&error)
             })
@@ -348,7 +348,7 @@ impl Client {
         let warned: Vec<&str> = log
             .lines()
             .filter(|l| {
-                l.contains("WARN portcullis::gate: policy decision")
+                l.contains("WARN portcullis::pipeline::verdict: policy decision")
                     && l.contains(&format!("reference={B}/team/withdrawn:1"))
                     && l.contains(r#"rule="no-withdrawn" action="deny""#)
             })

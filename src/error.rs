@@ -221,7 +221,7 @@ pub fn error_response(status: StatusCode, code: Code, message: &str) -> Response
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(crate::proxy::CLIENT_CHALLENGE),
+            HeaderValue::from_static(crate::pipeline::CLIENT_CHALLENGE),
         );
     }
     resp

@@ -1,35 +1,28 @@
 //! portcullis: a gatekeeper proxy for container registries.
 //!
-//! The request pipeline reads top to bottom: [`listener`] accepts and terminates TLS,
-//! [`route`] parses the distribution API path, [`resolve`] turns the image name into the
-//! registry (or ordered registries) that may serve it, [`proxy`] forwards through
-//! [`upstream`], and [`error`] is the one place where a failure becomes an HTTP status and
-//! an OCI error body. There are no globals: [`run`] builds everything from a [`Config`].
+//! The folders are the architecture:
+//! - [`listen`]: every listener's accept-and-serve path (slots, TLS, HTTP/1.1 and HTTP/2,
+//!   timeouts, drain), the forward proxy and the admin listener;
+//! - [`pipeline`]: one request's journey through its stages, top to bottom;
+//! - [`policy`]: the policy engine (pure), its files and their live reload;
+//! - [`upstream`]: pooled clients to the configured registries, auth, redirects;
+//! - [`store`]: what is kept between requests (audit, manifest cache, provenance, staging);
+//! - [`listing`]: answers that span registries (search, catalog, tag pagination).
+//!
+//! [`error`] is the one place where a failure becomes an HTTP status and an OCI error body.
+//! There are no globals: [`run`] builds everything from a [`Config`].
 
-pub mod admin;
-pub mod audit;
 pub mod body;
-pub mod cache;
-pub mod catalog;
 pub mod config;
 pub mod error;
-pub mod explain;
-pub mod forward;
-pub mod gate;
-pub mod listener;
+pub mod listen;
+pub mod listing;
 pub mod metrics;
+pub mod pipeline;
 pub mod policy;
-pub mod provenance;
-pub mod proxy;
-pub mod push;
 pub mod reference;
-pub mod referrers;
-pub mod resolve;
 pub mod route;
-pub mod search;
-pub mod stage;
-pub mod tags;
-pub mod tls;
+pub mod store;
 pub mod upstream;
 
 use std::future::Future;
@@ -42,17 +35,17 @@ pub use config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] listen::tls::TlsError),
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
     #[error("policy:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Policy(Vec<policy::Problem>),
     #[error(transparent)]
-    Audit(#[from] audit::AuditError),
+    Audit(#[from] store::audit::AuditError),
     #[error(transparent)]
-    Provenance(#[from] provenance::ProvenanceError),
+    Provenance(#[from] store::provenance::ProvenanceError),
     #[error(transparent)]
-    Stage(#[from] stage::StageError),
+    Stage(#[from] store::stage::StageError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -64,27 +57,32 @@ pub enum RunError {
 
 /// The local CA (created on first start) and the registry endpoint's TLS configuration:
 /// configured files, or a certificate issued by the local CA.
-fn tls_setup(config: &Config) -> Result<(Arc<tls::LocalCa>, Arc<rustls::ServerConfig>), RunError> {
+fn tls_setup(
+    config: &Config,
+) -> Result<(Arc<listen::tls::LocalCa>, Arc<rustls::ServerConfig>), RunError> {
     let (ca, server) = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => {
-            let (ca, origin) = tls::LocalCa::load_or_create(&config.state_dir)?;
-            let server = tls::server_config(tls::load_certs(cert)?, tls::load_private_key(key)?)?;
+            let (ca, origin) = listen::tls::LocalCa::load_or_create(&config.state_dir)?;
+            let server = listen::tls::server_config(
+                listen::tls::load_certs(cert)?,
+                listen::tls::load_private_key(key)?,
+            )?;
             ((ca, origin), server)
         }
         _ => {
-            let identity = tls::server_identity(&config.state_dir, &config.tls.names)?;
-            let server = tls::server_config(identity.chain, identity.key)?;
+            let identity = listen::tls::server_identity(&config.state_dir, &config.tls.names)?;
+            let server = listen::tls::server_config(identity.chain, identity.key)?;
             ((identity.ca, identity.ca_origin), server)
         }
     };
     let (ca, origin) = ca;
     let ca_path = ca.cert_path().to_owned();
-    if origin == tls::Origin::Created {
+    if origin == listen::tls::Origin::Created {
         info!(ca = %ca_path.display(), "created a local CA for portcullis");
         eprintln!(
             "portcullis: created a local CA at {}\n{}",
             ca_path.display(),
-            tls::trust_instructions(&ca_path)
+            listen::tls::trust_instructions(&ca_path)
         );
     } else {
         info!(ca = %ca_path.display(), "using local CA");
@@ -93,14 +91,14 @@ fn tls_setup(config: &Config) -> Result<(Arc<tls::LocalCa>, Arc<rustls::ServerCo
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, RunError> {
-    listener::bind(addr)
+    listen::bind(addr)
         .await
         .map_err(|source| RunError::Bind { addr, source })
 }
 
 /// Drop upload sessions that received nothing within the idle limit (checked at half that
 /// limit, at most every minute), and staged uploads no manifest claimed within an hour.
-async fn sweep(stage: Arc<stage::Stage>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+async fn sweep(stage: Arc<store::stage::Stage>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(stage.sweep_interval()) => {
@@ -122,12 +120,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &registry,
         config.registries.keys().cloned(),
     )?);
-    let audit = audit::Audit::open(config.policy.audit_log.as_deref())?;
-    let sources = gate::Sources {
+    let audit = store::audit::Audit::open(config.policy.audit_log.as_deref())?;
+    let sources = pipeline::verdict::Sources {
         paths: config.policy.paths.clone(),
     };
     let gate = Arc::new(
-        gate::Gate::new(
+        pipeline::verdict::Gate::new(
             sources,
             audit,
             metrics.clone(),
@@ -135,13 +133,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )
         .map_err(RunError::Policy)?,
     );
-    let provenance = Arc::new(provenance::Provenance::open(
+    let provenance = Arc::new(store::provenance::Provenance::open(
         &config.state_dir,
         config.policy.provenance_max_entries,
     )?);
-    let stage = Arc::new(stage::Stage::open(
+    let stage = Arc::new(store::stage::Stage::open(
         &config.state_dir.join("staging"),
-        stage::Limits {
+        store::stage::Limits {
             max_bytes: config.policy.staging_max_bytes,
             max_sessions: config.policy.staging_max_sessions,
             max_sessions_per_client: config.policy.staging_max_sessions_per_client,
@@ -149,24 +147,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         &metrics,
     )?);
-    let proxy = Arc::new(proxy::Proxy::new(
+    let proxy = Arc::new(pipeline::Proxy::new(
         &config,
         metrics.clone(),
         gate.clone(),
         Some(provenance),
         Some(stage.clone()),
     )?);
-    let http = listener::Http::new(proxy, metrics.clone(), config.limits.clone());
+    let http = listen::Http::new(proxy, metrics.clone(), config.limits.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(gate::watch(
+    tasks.push(tokio::spawn(pipeline::verdict::watch(
         gate.clone(),
         config.policy.reload_interval,
         stopped.clone(),
     )));
     tasks.push(tokio::spawn(sweep(stage, stopped.clone())));
 
-    let admin = Arc::new(admin::Admin {
+    let admin = Arc::new(listen::admin::Admin {
         registry,
         ready: std::sync::atomic::AtomicBool::new(false),
         token: config.admin_token.clone(),
@@ -175,7 +173,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(addr) = config.listen_admin {
         let listener = bind(addr).await?;
         info!(%addr, "admin listener (metrics, health) listening (HTTP)");
-        tasks.push(tokio::spawn(admin::serve(
+        tasks.push(tokio::spawn(listen::admin::serve(
             listener,
             admin.clone(),
             config.limits.clone(),
@@ -186,8 +184,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(addr) = config.listen_proxy {
         let listener = bind(addr).await?;
         info!(%addr, "forward proxy listening (CONNECT)");
-        let forward = Arc::new(forward::Forward::new(&config, http.clone(), ca.clone()));
-        tasks.push(tokio::spawn(forward::serve(
+        let forward = Arc::new(listen::forward::Forward::new(
+            &config,
+            http.clone(),
+            ca.clone(),
+        ));
+        tasks.push(tokio::spawn(listen::forward::serve(
             listener,
             forward,
             stopped.clone(),
@@ -196,11 +198,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(addr) = config.listen_mirror {
         let listener = bind(addr).await?;
         info!(%addr, "docker.io mirror endpoint listening (HTTPS)");
-        let inbound = proxy::Inbound {
-            listener: proxy::MIRROR,
+        let inbound = pipeline::Inbound {
+            listener: pipeline::MIRROR,
             registry: Some(reference::DOCKER_HUB.into()),
         };
-        tasks.push(tokio::spawn(listener::serve_registry(
+        tasks.push(tokio::spawn(listen::serve_registry(
             listener,
             server_tls.clone(),
             http.clone(),
@@ -211,11 +213,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let addr = config.listen_registry;
     let listener = bind(addr).await?;
     info!(%addr, search = ?config.resolve.search, "registry endpoint listening (HTTPS)");
-    tasks.push(tokio::spawn(listener::serve_registry(
+    tasks.push(tokio::spawn(listen::serve_registry(
         listener,
         server_tls,
         http,
-        proxy::Inbound::endpoint(),
+        pipeline::Inbound::endpoint(),
         stopped,
     )));
 

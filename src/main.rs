@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use portcullis::{tls, Config};
+use portcullis::listen::tls;
+use portcullis::Config;
 
 #[derive(Parser)]
 #[command(
@@ -221,7 +222,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             } else {
                 policies
             };
-            let sources = portcullis::gate::Sources { paths };
+            let sources = portcullis::pipeline::verdict::Sources { paths };
             let policy = sources.load().map_err(|problems| {
                 anyhow::anyhow!(
                     "{}",
@@ -236,7 +237,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<()> {
                 op.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
             print!(
                 "{}",
-                portcullis::explain::explain(&config, &policy, op, &reference)?
+                portcullis::policy::explain::explain(&config, &policy, op, &reference)?
             );
             Ok(())
         }

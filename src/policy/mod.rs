@@ -16,6 +16,7 @@
 
 mod check;
 mod eval;
+pub mod explain;
 mod index;
 mod load;
 mod matcher;

@@ -5,7 +5,7 @@
 //! every replica, and what older clients (cosign, oras) already read and write.
 //!
 //! Pure functions over JSON; the requests that read and write the index are in
-//! [`crate::proxy`]. The index is kept as JSON values so that whatever another client put
+//! [`crate::pipeline`]. The index is kept as JSON values so that whatever another client put
 //! in it (fields portcullis does not know) is written back unchanged.
 
 use serde_json::{Map, Value};

@@ -3,7 +3,7 @@
 //! `GET /v2/<name>/referrers/<digest>` goes to the upstream first: a registry with the API
 //! answers it and the answer passes untouched. One without it (404, 405) gets the
 //! referrers tag schema read on its behalf: the image index tagged `<alg>-<hex>` in the
-//! same repository ([`crate::referrers`]), or an empty index.
+//! same repository ([`crate::pipeline::referrers::index`]), or an empty index.
 //!
 //! A manifest PUT with a `subject` that the upstream accepted without `OCI-Subject` (it has
 //! no API) updates that index on the upstream, and only then does the client get
@@ -15,6 +15,8 @@
 //! instant can both read the old index and the later PUT wins, losing the other entry (the
 //! same race clients using the tag schema themselves have).
 
+pub mod index;
+
 use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
@@ -25,14 +27,14 @@ use tracing::warn;
 
 use crate::body::{boxed, full, IdleTimeout, ProxyBody};
 use crate::error::ProxyError;
+use crate::pipeline::plan::{Plan, Target};
 use crate::reference::{Digest, Reference};
-use crate::referrers::{self, Index, INDEX_MEDIA_TYPE};
-use crate::resolve::{Plan, Target};
 use crate::route::Route;
 use crate::upstream::auth::Identity;
 use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError};
+use index::{Index, INDEX_MEDIA_TYPE};
 
-use super::request::query_value;
+use super::intent::query_value;
 use super::{collect_limited, with_warning, Ask, Proxy, MAX_MANIFEST, RESOLVED_HEADER};
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
@@ -261,7 +263,7 @@ impl Proxy {
         }
         // The upstream accepted the manifest, so it judged the JSON; one portcullis cannot
         // read as a referrer is simply not one.
-        let Ok(Some(referrer)) = referrers::referrer(manifest, digest, content_type) else {
+        let Ok(Some(referrer)) = index::referrer(manifest, digest, content_type) else {
             return resp;
         };
         let subject = referrer.subject.clone();
@@ -303,7 +305,7 @@ impl Proxy {
             identity: self.identity(target, req.headers().get(header::AUTHORIZATION))?,
         };
         let subject = match read_manifest(&site, digest).await {
-            Ok(manifest) => manifest.as_deref().and_then(referrers::subject_of),
+            Ok(manifest) => manifest.as_deref().and_then(index::subject_of),
             Err(e) => {
                 warn!(registry = %target.registry, error = %e, "cannot read a manifest before its delete; its referrers entry stays");
                 None
@@ -354,7 +356,7 @@ impl Proxy {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let out = Outgoing {
             method: Method::PUT,
-            path_and_query: format!("/v2/{repo}/manifests/{}", referrers::tag(subject)),
+            path_and_query: format!("/v2/{repo}/manifests/{}", index::tag(subject)),
             headers,
             body: full(body),
             replayable: false,
@@ -407,7 +409,7 @@ fn needs_index(resp: &Response<ProxyBody>) -> bool {
 
 /// The subject's tag-schema index on the upstream; `None` when the tag does not exist.
 async fn read_index(site: &Site<'_>, subject: &Digest) -> Result<Option<Index>, UpstreamError> {
-    let tag = referrers::tag(subject);
+    let tag = index::tag(subject);
     let Some(bytes) = get_manifest(site, &tag, INDEX_MEDIA_TYPE).await? else {
         return Ok(None);
     };

@@ -1,6 +1,6 @@
 //! `/v2/_catalog` through portcullis: which registries are listed, and the policy filter
 //! that hides what a client may not list or pull. Fetching, merging and paginating the
-//! upstream catalogs is [`crate::catalog`]'s.
+//! upstream catalogs is [`crate::listing::catalog`]'s.
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -31,11 +31,12 @@ impl Proxy {
             // catalog, with its own names.
             Some(registry) => {
                 let only = [registry.to_string()];
-                crate::catalog::serve(&only, false, &self.upstreams, req, &visible).await
+                crate::listing::catalog::serve(&only, false, &self.upstreams, req, &visible).await
             }
             None => {
                 let registries = self.resolver.search_registries(&policy);
-                crate::catalog::serve(&registries, true, &self.upstreams, req, &visible).await
+                crate::listing::catalog::serve(&registries, true, &self.upstreams, req, &visible)
+                    .await
             }
         }
     }

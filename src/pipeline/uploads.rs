@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::resolve::Target;
+use crate::pipeline::plan::Target;
 use crate::route::Route;
 use crate::upstream::location::{ForeignLocation, Reason};
 use crate::upstream::UpstreamError;

@@ -12,10 +12,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
-use crate::gate::{Check, Verdict};
+use crate::pipeline::plan::Target;
+use crate::pipeline::verdict::{Check, Verdict};
 use crate::policy::{Policy, Subject};
 use crate::reference::Reference;
-use crate::resolve::Target;
 use crate::route::Route;
 
 use super::{collect_limited, Ask, Proxy, MAX_MANIFEST};

@@ -16,6 +16,10 @@
 //! connection is closed. Nothing is in flight then, so nothing is lost. Shutdown drains
 //! gracefully instead (HTTP/1: close when idle; HTTP/2: GOAWAY).
 
+pub mod admin;
+pub mod forward;
+pub mod tls;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::Metrics;
-use crate::proxy::{Inbound, Proxy};
+use crate::pipeline::{Inbound, Proxy};
 
 pub use crate::config::Limits;
 

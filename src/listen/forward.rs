@@ -23,10 +23,10 @@ use tracing::{debug, info, warn};
 
 use crate::body::{full, ProxyBody};
 use crate::config::{Config, Credentials};
-use crate::listener::{Conn, Http};
-use crate::proxy::Inbound;
+use crate::listen::tls::{self, LocalCa, TlsError};
+use crate::listen::{Conn, Http};
+use crate::pipeline::Inbound;
 use crate::reference::normalize_registry;
-use crate::tls::{self, LocalCa, TlsError};
 use crate::upstream::auth::host_allowed;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -296,8 +296,8 @@ fn plain(status: StatusCode, body: &str) -> Response<ProxyBody> {
 pub async fn serve(listener: TcpListener, forward: Arc<Forward>, shutdown: watch::Receiver<bool>) {
     let limits = forward.http.limits.clone();
     let metrics = forward.http.metrics.clone();
-    let builder = Arc::new(crate::listener::builder_http1(&limits));
-    crate::listener::serve(
+    let builder = Arc::new(crate::listen::builder_http1(&limits));
+    crate::listen::serve(
         listener,
         "proxy",
         &limits,
@@ -307,7 +307,7 @@ pub async fn serve(listener: TcpListener, forward: Arc<Forward>, shutdown: watch
             let (forward, builder) = (forward.clone(), builder.clone());
             async move {
                 let handler_conn = conn.clone();
-                crate::listener::serve_http1_upgrades(&builder, tcp, &conn, move |req| {
+                crate::listen::serve_http1_upgrades(&builder, tcp, &conn, move |req| {
                     forward.clone().handle(req, handler_conn.clone())
                 })
                 .await;
@@ -329,8 +329,8 @@ mod tests {
             crate::metrics::Metrics::new(&registry, config.registries.keys().cloned())
                 .expect("metrics"),
         );
-        let audit = crate::audit::Audit::open(None).expect("audit");
-        let gate = crate::gate::Gate::new(
+        let audit = crate::store::audit::Audit::open(None).expect("audit");
+        let gate = crate::pipeline::verdict::Gate::new(
             Default::default(),
             audit,
             metrics.clone(),
@@ -338,9 +338,9 @@ mod tests {
         );
         let gate = Arc::new(gate.expect("embedded policy"));
         let proxy =
-            crate::proxy::Proxy::new(&config, metrics.clone(), gate, None, None).expect("proxy");
+            crate::pipeline::Proxy::new(&config, metrics.clone(), gate, None, None).expect("proxy");
         let proxy = Arc::new(proxy);
-        let http = Http::new(proxy, metrics, crate::listener::Limits::default());
+        let http = Http::new(proxy, metrics, crate::listen::Limits::default());
         let (ca, _) = LocalCa::load_or_create(dir.path()).expect("ca");
         Forward::new(&config, http, Arc::new(ca))
     }

@@ -20,7 +20,7 @@ pub struct Admin {
     /// `Authorization: Bearer <token>` required when set.
     pub token: Option<String>,
     /// The policy in force, for `/policy`.
-    pub gate: Option<Arc<crate::gate::Gate>>,
+    pub gate: Option<Arc<crate::pipeline::verdict::Gate>>,
 }
 
 impl Admin {
@@ -95,8 +95,8 @@ pub async fn serve(
     metrics: Arc<crate::metrics::Metrics>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(crate::listener::builder(&limits));
-    crate::listener::serve(
+    let builder = Arc::new(crate::listen::builder(&limits));
+    crate::listen::serve(
         listener,
         "admin",
         &limits,
@@ -105,7 +105,7 @@ pub async fn serve(
         move |tcp, conn| {
             let (admin, builder) = (admin.clone(), builder.clone());
             async move {
-                crate::listener::serve_http(&builder, tcp, &conn, move |req| {
+                crate::listen::serve_http(&builder, tcp, &conn, move |req| {
                     let response = admin.respond(&req);
                     std::future::ready(response)
                 })

@@ -9,12 +9,12 @@ use hyper::body::{Body as _, Incoming};
 use tracing::warn;
 
 use crate::body::{boxed, empty, full, ProxyBody};
-use crate::cache::ManifestKey;
 use crate::error::ProxyError;
 use crate::metrics::Counted;
+use crate::pipeline::plan::Target;
 use crate::reference::{Name, Reference};
-use crate::resolve::Target;
 use crate::route::Route;
+use crate::store::manifests::ManifestKey;
 use crate::upstream::Outgoing;
 
 use super::respond::{respond, Asked};
@@ -141,7 +141,7 @@ impl Proxy {
                 None => return Err(e.into()),
             },
         };
-        let page = crate::tags::PageRequest::parse(parts.uri.query());
+        let page = crate::listing::tags::PageRequest::parse(parts.uri.query());
         let asked = Asked {
             method: &method,
             page: &page,

@@ -11,7 +11,7 @@ use http::{Request, Uri};
 use crate::error::ProxyError;
 use crate::reference::normalize_registry;
 
-use super::request::with_query;
+use super::intent::with_query;
 
 /// The `ns` a request carries (normalised: `docker.io` for its aliases), and the request
 /// without it.

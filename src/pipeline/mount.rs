@@ -12,11 +12,11 @@ use http::{Request, Uri};
 use tracing::info;
 
 use crate::error::ProxyError;
+use crate::pipeline::plan::Target;
 use crate::policy::Operation;
 use crate::reference::{fully_qualified, Digest, Name, Repository};
-use crate::resolve::Target;
 
-use super::request::with_query;
+use super::intent::with_query;
 use super::{Ask, Proxy};
 
 /// The mount a request asks for, as the client wrote it.
@@ -69,7 +69,7 @@ impl Proxy {
         });
         let allowed = match (&source, mount.digest.parse::<Digest>()) {
             (Some(src), Ok(digest)) if src.registry == target.registry => {
-                let check = crate::gate::Check {
+                let check = crate::pipeline::verdict::Check {
                     op: Operation::Pull,
                     target: src,
                     tag: None,

@@ -14,19 +14,22 @@
 //! - `record.rs`: where blobs were seen, for private-push protection;
 //! - `access.rs`: the access line, written when the response body has ended.
 //!
-//! Pushes whose policy needs their content are staged in [`crate::push`].
+//! Pushes whose policy needs their content are staged in [`crate::pipeline::push`].
 
 mod access;
+mod intent;
 mod listing;
 mod mount;
 mod namespace;
+pub mod plan;
+pub mod push;
 mod record;
-mod referrers;
-mod request;
+pub mod referrers;
 mod respond;
 mod send;
 mod served;
 mod uploads;
+pub mod verdict;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,25 +41,25 @@ use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use crate::body::{full, ProxyBody};
-use crate::cache::ManifestCache;
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::gate::{Check, Gate, Verdict};
+use crate::listing::search::Search;
 use crate::metrics::{status_class, Metrics};
+use crate::pipeline::plan::{Plan, Resolver, Target};
+use crate::pipeline::verdict::{Check, Gate, Verdict};
 use crate::policy::Operation;
-use crate::provenance::Provenance;
 use crate::reference::{Name, Repository, DOCKER_HUB};
-use crate::resolve::{Plan, Resolver, Target};
 use crate::route::{self, Route};
-use crate::search::Search;
-use crate::stage::Stage;
+use crate::store::manifests::ManifestCache;
+use crate::store::provenance::Provenance;
+use crate::store::stage::Stage;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
-use request::{
+use intent::{
     basic_user, check_method, content_addressed, named_registry, operation, policy_operation,
     query_value, route_digest, route_tag, what,
 };
-// Re-exported so the rest of the crate keeps naming them `crate::proxy::...`.
+// Re-exported so the rest of the crate keeps naming them `crate::pipeline::...`.
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
 pub use send::IntoProxyBody;
@@ -294,14 +297,14 @@ impl Proxy {
                 "ns= names a registry only on the mirror endpoint".to_owned(),
             )),
             Route::Catalog => Box::pin(self.catalog(&req, scope)).await,
-            Route::V1Ping => Ok(crate::search::ping()),
+            Route::V1Ping => Ok(crate::listing::search::ping()),
             Route::V1Search => {
                 let policy = self.gate.policy();
                 let registries = self.resolver.search_registries(&policy);
                 let visible = |op: Operation, registry: &str, repository: &str| {
                     policy.permits_name(op, registry, repository)
                 };
-                let asked = crate::search::Asked::of(&req, scope);
+                let asked = crate::listing::search::Asked::of(&req, scope);
                 let search = self.search.serve(
                     &registries,
                     asked,

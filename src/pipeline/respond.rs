@@ -11,13 +11,13 @@ use hyper::body::Incoming;
 use sha2::{Digest as _, Sha256};
 
 use crate::body::{boxed, empty, full, AbortReason, IdleTimeout, ProxyBody, Reported, Verified};
-use crate::cache::{CachedManifest, ManifestKey};
 use crate::error::ProxyError;
-use crate::gate::Verdict;
 use crate::metrics::Metrics;
+use crate::pipeline::plan::Target;
+use crate::pipeline::verdict::Verdict;
 use crate::reference::Reference;
-use crate::resolve::Target;
 use crate::route::Route;
+use crate::store::manifests::{CachedManifest, ManifestKey};
 use crate::upstream::location::{self, Header};
 use crate::upstream::{read_limited, Upstream, UpstreamError};
 
@@ -43,7 +43,7 @@ fn refuses_tag_delete(body: &[u8]) -> bool {
 /// sent a `Range` (only then may a 206 pass unverified).
 pub(super) struct Asked<'a> {
     pub method: &'a Method,
-    pub page: &'a crate::tags::PageRequest,
+    pub page: &'a crate::listing::tags::PageRequest,
     pub ranged: bool,
 }
 
@@ -139,7 +139,7 @@ pub(super) async fn respond(
         }
         Route::Tags { .. } if ok && method == Method::GET && asked.page.is_paged() => {
             let bytes = read_limited(body, MAX_TAG_LIST, registry).await?;
-            match crate::tags::paginate(&bytes, asked.page, raw_name) {
+            match crate::listing::tags::paginate(&bytes, asked.page, raw_name) {
                 Some((paged, link)) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
                     parts.headers.remove(header::LINK);

@@ -370,7 +370,7 @@ impl Search {
                 let mut all = Vec::new();
                 let mut last: Option<String> = None;
                 loop {
-                    let Some(page) = crate::catalog::fetch_page(
+                    let Some(page) = crate::listing::catalog::fetch_page(
                         upstream,
                         CATALOG_PAGE,
                         last.as_deref(),

@@ -1,12 +1,12 @@
 //! Blob provenance, recorded as the pipeline sees blobs pass: private-push protection
-//! later asks the [`crate::provenance`] store whether a blob was only ever seen in private
+//! later asks the [`crate::store::provenance`] store whether a blob was only ever seen in private
 //! registries, and under which fully qualified names. Recording is best effort: a failure is logged, never fails the request.
 
 use tracing::warn;
 
-use crate::provenance::Seen;
-use crate::resolve::Target;
+use crate::pipeline::plan::Target;
 use crate::route::Route;
+use crate::store::provenance::Seen;
 
 use super::Proxy;
 

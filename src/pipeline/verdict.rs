@@ -20,17 +20,17 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
-use crate::audit::{Audit, Record};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::pipeline::plan::Target;
 use crate::policy::{self, Action, Decision, Operation, Policy, Problem, Subject};
-use crate::resolve::Target;
+use crate::store::audit::{Audit, Record};
 
 /// A repeat sooner than this is part of the same attempt, not a confirmation.
 pub const CONFIRM_MIN_AGE: Duration = Duration::from_secs(3);
 
 /// The policy shipped in the binary, used when the configuration names no policy files.
-pub const EMBEDDED_POLICY: &str = include_str!("../policies/default.toml");
+pub const EMBEDDED_POLICY: &str = include_str!("../../policies/default.toml");
 
 /// Where policies come from: files and directories (`*.toml` policies, `*.conf`
 /// registries.conf), or the embedded default.
@@ -130,7 +130,7 @@ impl Gate {
         confirm_window: Duration,
     ) -> Result<Gate, Vec<Problem>> {
         let policy = sources.load()?;
-        let now = crate::audit::now_rfc3339();
+        let now = crate::store::audit::now_rfc3339();
         let status = ReloadStatus {
             generation: 1,
             sources: source_names(&sources),
@@ -174,7 +174,7 @@ impl Gate {
     /// Load the sources again; on success swap the new policy in whole, on failure keep
     /// the old one and report every problem.
     pub fn reload(&self) -> Result<u64, Vec<Problem>> {
-        let now = crate::audit::now_rfc3339();
+        let now = crate::store::audit::now_rfc3339();
         let result = self.sources.load();
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_attempt_at = now.clone();
@@ -277,7 +277,7 @@ impl Gate {
             warn!(%reference, rule, action, message = %d.message, "policy decision");
         }
         self.audit.write(&Record {
-            time: crate::audit::now_rfc3339(),
+            time: crate::store::audit::now_rfc3339(),
             client: c.peer.to_string(),
             user: c.user,
             operation: c.op.as_str(),

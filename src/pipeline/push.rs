@@ -1,11 +1,11 @@
 //! Push gating that needs content: labels, annotations and provenance.
 //!
 //! When the policy has content-based `[[private]]` rules for a public destination, the push
-//! is **staged**: portcullis answers the uploads itself ([`crate::stage`]), reads the
+//! is **staged**: portcullis answers the uploads itself ([`crate::store::stage`]), reads the
 //! manifest when it arrives (it comes last), decides, and only then sends the blobs and the
 //! manifest upstream. A rejected push therefore leaves no byte of the image at the
 //! destination. Everything else about a push is decided by name at its first request
-//! ([`crate::gate::Gate::check`]).
+//! ([`crate::pipeline::verdict::Gate::check`]).
 
 use std::collections::HashMap;
 
@@ -16,13 +16,13 @@ use tracing::{info, warn};
 
 use crate::body::{boxed, empty, full, ProxyBody};
 use crate::error::ProxyError;
-use crate::gate::Verdict;
+use crate::pipeline::plan::Target;
+use crate::pipeline::verdict::Verdict;
+use crate::pipeline::{Ask, Proxy, MAX_MANIFEST};
 use crate::policy::PushContent;
-use crate::provenance::{Provenance, ProvenanceError, Seen};
-use crate::proxy::{Ask, Proxy, MAX_MANIFEST};
-use crate::resolve::Target;
 use crate::route::Route;
-use crate::stage::{self, Stage, StageError, SESSION_PREFIX};
+use crate::store::provenance::{Provenance, ProvenanceError, Seen};
+use crate::store::stage::{self, Stage, StageError, SESSION_PREFIX};
 use crate::upstream::{read_limited, Outgoing, Upstream};
 
 /// What a manifest references and says about itself.
@@ -246,7 +246,7 @@ impl Proxy {
                     let held = stage.status(session).ok_or_else(|| {
                         ProxyError::UploadUnknown(format!("upload {session} is unknown"))
                     })?;
-                    crate::proxy::check_chunk(req.headers(), held)?;
+                    crate::pipeline::check_chunk(req.headers(), held)?;
                 }
                 match method {
                     Method::PATCH => {
@@ -352,7 +352,7 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, body) = req.into_parts();
-        let bytes = crate::proxy::collect_limited(boxed(body), MAX_MANIFEST).await?;
+        let bytes = crate::pipeline::collect_limited(boxed(body), MAX_MANIFEST).await?;
         let facts = ManifestFacts::parse(&bytes)?;
         let upstream = self
             .upstreams()
@@ -427,7 +427,7 @@ impl Proxy {
         self.metrics
             .staged_bytes
             .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
-        Ok(crate::proxy::with_warning(resp, verdict))
+        Ok(crate::pipeline::with_warning(resp, verdict))
     }
 
     /// Where the staged blobs of a push were seen. A store that cannot answer leaves a
@@ -471,7 +471,7 @@ impl Proxy {
     ) -> Result<Bytes, ProxyError> {
         if let Some(blob) = stage.owned(&target.registry, digest, &owner(ask, target)) {
             let body = stage::read(&blob).await.map_err(stage_error)?;
-            return crate::proxy::collect_limited(body, MAX_MANIFEST).await;
+            return crate::pipeline::collect_limited(body, MAX_MANIFEST).await;
         }
         let resp = upstream
             .send(self.outgoing(
