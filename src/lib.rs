@@ -102,7 +102,12 @@ async fn sweep(stage: Arc<store::stage::Stage>, mut shutdown: tokio::sync::watch
     loop {
         tokio::select! {
             _ = tokio::time::sleep(stage.sweep_interval()) => {
-                let n = stage.sweep(std::time::Duration::from_secs(3600));
+                // Directory walks and unlinks: on the blocking pool, off the request threads.
+                let sweeping = stage.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    sweeping.sweep(std::time::Duration::from_secs(3600))
+                });
+                let n = swept.await.unwrap_or(0);
                 if n > 0 {
                     info!(n, "swept stale staged uploads");
                 }
@@ -121,18 +126,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.registries.keys().cloned(),
     )?);
     let audit = store::audit::Audit::open(config.policy.audit_log.as_deref())?;
-    let sources = pipeline::verdict::Sources {
+    let sources = policy::live::Sources {
         paths: config.policy.paths.clone(),
     };
-    let gate = Arc::new(
-        pipeline::verdict::Gate::new(
-            sources,
-            audit,
-            metrics.clone(),
-            config.policy.confirm_window,
-        )
-        .map_err(RunError::Policy)?,
+    let live = Arc::new(
+        policy::live::LivePolicy::new(sources, metrics.clone()).map_err(RunError::Policy)?,
     );
+    let gate = Arc::new(pipeline::verdict::Gate::new(
+        audit,
+        metrics.clone(),
+        config.policy.confirm_window,
+    ));
     let provenance = Arc::new(store::provenance::Provenance::open(
         &config.state_dir,
         config.policy.provenance_max_entries,
@@ -150,15 +154,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let proxy = Arc::new(pipeline::Proxy::new(
         &config,
         metrics.clone(),
-        gate.clone(),
+        live.clone(),
+        gate,
         Some(provenance),
         Some(stage.clone()),
     )?);
     let http = listen::Http::new(proxy, metrics.clone(), config.limits.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(pipeline::verdict::watch(
-        gate.clone(),
+    tasks.push(tokio::spawn(policy::live::watch(
+        live.clone(),
         config.policy.reload_interval,
         stopped.clone(),
     )));
@@ -168,7 +173,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         registry,
         ready: std::sync::atomic::AtomicBool::new(false),
         token: config.admin_token.clone(),
-        gate: Some(gate.clone()),
+        policy: Some(live),
     });
     if let Some(addr) = config.listen_admin {
         let listener = bind(addr).await?;

@@ -222,7 +222,7 @@ fn policy(command: PolicyCommand) -> anyhow::Result<()> {
             } else {
                 policies
             };
-            let sources = portcullis::pipeline::verdict::Sources { paths };
+            let sources = portcullis::policy::live::Sources { paths };
             let policy = sources.load().map_err(|problems| {
                 anyhow::anyhow!(
                     "{}",

@@ -20,7 +20,7 @@ pub struct Admin {
     /// `Authorization: Bearer <token>` required when set.
     pub token: Option<String>,
     /// The policy in force, for `/policy`.
-    pub gate: Option<Arc<crate::pipeline::verdict::Gate>>,
+    pub policy: Option<Arc<crate::policy::live::LivePolicy>>,
 }
 
 impl Admin {
@@ -56,9 +56,9 @@ impl Admin {
                 }
                 resp
             }
-            "/policy" => match &self.gate {
-                Some(gate) => {
-                    let body = serde_json::to_vec_pretty(&gate.status()).unwrap_or_default();
+            "/policy" => match &self.policy {
+                Some(live) => {
+                    let body = serde_json::to_vec_pretty(&live.status()).unwrap_or_default();
                     let mut resp = Response::new(full(Bytes::from(body)));
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,

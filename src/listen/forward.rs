@@ -330,15 +330,13 @@ mod tests {
                 .expect("metrics"),
         );
         let audit = crate::store::audit::Audit::open(None).expect("audit");
-        let gate = crate::pipeline::verdict::Gate::new(
-            Default::default(),
-            audit,
-            metrics.clone(),
-            Duration::from_secs(600),
-        );
-        let gate = Arc::new(gate.expect("embedded policy"));
+        let live = crate::policy::live::LivePolicy::new(Default::default(), metrics.clone());
+        let live = Arc::new(live.expect("embedded policy"));
+        let gate =
+            crate::pipeline::verdict::Gate::new(audit, metrics.clone(), Duration::from_secs(600));
         let proxy =
-            crate::pipeline::Proxy::new(&config, metrics.clone(), gate, None, None).expect("proxy");
+            crate::pipeline::Proxy::new(&config, metrics.clone(), live, Arc::new(gate), None, None)
+                .expect("proxy");
         let proxy = Arc::new(proxy);
         let http = Http::new(proxy, metrics, crate::listen::Limits::default());
         let (ca, _) = LocalCa::load_or_create(dir.path()).expect("ca");

@@ -18,9 +18,9 @@ impl Proxy {
         &self,
         req: &Request<Incoming>,
         scope: Option<&str>,
+        policy: &crate::policy::Policy,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // What may not be listed, or pulled, is not shown.
-        let policy = self.gate.policy();
         let visible = |registry: &str, repository: &str| {
             policy.permits_name(Operation::List, registry, "")
                 && (repository.is_empty()
@@ -34,7 +34,7 @@ impl Proxy {
                 crate::listing::catalog::serve(&only, false, &self.upstreams, req, &visible).await
             }
             None => {
-                let registries = self.resolver.search_registries(&policy);
+                let registries = self.resolver.search_registries(policy);
                 crate::listing::catalog::serve(&registries, true, &self.upstreams, req, &visible)
                     .await
             }

@@ -47,7 +47,8 @@ use crate::listing::search::Search;
 use crate::metrics::{status_class, Metrics};
 use crate::pipeline::plan::{Plan, Resolver, Target};
 use crate::pipeline::verdict::{Check, Gate, Verdict};
-use crate::policy::Operation;
+use crate::policy::live::LivePolicy;
+use crate::policy::{Operation, Policy};
 use crate::reference::{Name, Repository, DOCKER_HUB};
 use crate::route::{self, Route};
 use crate::store::manifests::ManifestCache;
@@ -94,6 +95,8 @@ impl Inbound {
 
 /// What the gate needs to know about a request, whichever registry it goes to.
 pub(crate) struct Ask<'a> {
+    /// The policy this request took when it started; every decision of it uses this one.
+    pub policy: &'a Policy,
     pub op: Operation,
     pub route: &'a Route,
     pub peer: SocketAddr,
@@ -104,6 +107,7 @@ pub(crate) struct Ask<'a> {
 impl<'a> Ask<'a> {
     pub fn check(&'a self, target: &'a Target) -> Check<'a> {
         Check {
+            policy: self.policy,
             op: self.op,
             target,
             tag: route_tag(self.route),
@@ -146,6 +150,7 @@ pub struct Proxy {
     manifests: ManifestCache,
     search: Search,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) live: Arc<LivePolicy>,
     pub(crate) gate: Arc<Gate>,
     pub(crate) provenance: Option<Arc<Provenance>>,
     pub(crate) stage: Option<Arc<Stage>>,
@@ -157,6 +162,7 @@ impl Proxy {
     pub fn new(
         config: &Config,
         metrics: Arc<Metrics>,
+        live: Arc<LivePolicy>,
         gate: Arc<Gate>,
         provenance: Option<Arc<Provenance>>,
         stage: Option<Arc<Stage>>,
@@ -168,6 +174,7 @@ impl Proxy {
             metrics,
             manifests: ManifestCache::new(config.cache.manifest_bytes),
             search: Search::new(config.resolve.catalog_ttl, config.resolve.search_timeout),
+            live,
             gate,
             provenance,
             stage,
@@ -216,7 +223,11 @@ impl Proxy {
         let route = route::parse(&path);
         let operation = operation(route.as_ref().ok(), &method);
         let resp = match route {
-            Ok(route) => self.dispatch(route, req, &inbound, peer).await,
+            Ok(route) => {
+                // The one policy this request is decided by, whatever reloads meanwhile.
+                let policy = self.live.current();
+                self.dispatch(route, req, &inbound, peer, &policy).await
+            }
             Err(e) => Err(ProxyError::from_route(e, &method)),
         };
         let (resp, decision) = match resp {
@@ -287,6 +298,7 @@ impl Proxy {
         req: Request<Incoming>,
         inbound: &Inbound,
         peer: SocketAddr,
+        policy: &Policy,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // containerd's `ns` is read here, once, and never goes upstream.
         let (ns, req) = namespace::take_ns(req)?;
@@ -296,11 +308,10 @@ impl Proxy {
             Route::Catalog if ns.is_some() && scope.is_none() => Err(ProxyError::BadRequest(
                 "ns= names a registry only on the mirror endpoint".to_owned(),
             )),
-            Route::Catalog => Box::pin(self.catalog(&req, scope)).await,
+            Route::Catalog => Box::pin(self.catalog(&req, scope, policy)).await,
             Route::V1Ping => Ok(crate::listing::search::ping()),
             Route::V1Search => {
-                let policy = self.gate.policy();
-                let registries = self.resolver.search_registries(&policy);
+                let registries = self.resolver.search_registries(policy);
                 let visible = |op: Operation, registry: &str, repository: &str| {
                     policy.permits_name(op, registry, repository)
                 };
@@ -321,7 +332,7 @@ impl Proxy {
                     ns: ns.as_deref(),
                     scope,
                 };
-                self.repository(route, req, &scoped, peer).await
+                self.repository(route, req, &scoped, peer, policy).await
             }
         }
     }
@@ -371,6 +382,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         scoped: &Scoped<'_>,
         peer: SocketAddr,
+        policy: &Policy,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
         let (inbound, ns, scope) = (scoped.inbound, scoped.ns, scoped.scope);
@@ -393,20 +405,20 @@ impl Proxy {
         let method = req.method().clone();
         let reading = matches!(method, Method::GET | Method::HEAD)
             && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
-        let policy = self.gate.policy();
         let blob_head = method == Method::HEAD && matches!(route, Route::Blob { .. });
         let plan = if !reading {
             Plan::One(self.resolver.for_push(&name)?)
         } else if content_addressed(&route) {
             self.resolver
-                .for_blob(&name, &policy)
+                .for_blob(&name, policy)
                 .map_err(|e| refused_head(e, blob_head, || true))?
         } else {
             self.resolver
-                .for_pull(&name, &policy, route_digest(&route).is_some())?
+                .for_pull(&name, policy, route_digest(&route).is_some())?
         };
         let user = basic_user(req.headers());
         let ask = Ask {
+            policy,
             op: policy_operation(&route, &method),
             route: &route,
             peer,
@@ -418,7 +430,7 @@ impl Proxy {
         }
         // Decided on the digest of what is served: the upstream is asked for the body even
         // when the client only asked for the headers.
-        let served = served::needs_served_digest(&route, &method, &policy);
+        let served = served::needs_served_digest(&route, &method, policy);
         let head = served && method == Method::HEAD;
         if head {
             *req.method_mut() = Method::GET;
@@ -426,10 +438,9 @@ impl Proxy {
         let mirrors = matches!(plan, Plan::Mirrors(_));
         match plan {
             Plan::One(target) => {
-                let verdict = self
-                    .gate
-                    .check(&ask.check(&target))
-                    .map_err(|e| refused_head(e, blob_head, || self.gate.refuses_push(&target)))?;
+                let verdict = self.gate.check(&ask.check(&target)).await.map_err(|e| {
+                    refused_head(e, blob_head, || self.gate.refuses_push(ask.policy, &target))
+                })?;
                 if ask.op == Operation::Push {
                     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
                     let staged = self.staged(&route, &raw_name, &target, &ask, req);
@@ -446,7 +457,9 @@ impl Proxy {
                         Err(req) => req,
                     };
                     let req = match route {
-                        Route::UploadStart { .. } => self.judge_mount(req, &ask, &target, scope)?,
+                        Route::UploadStart { .. } => {
+                            self.judge_mount(req, &ask, &target, scope).await?
+                        }
                         _ => req,
                     };
                     let pushed = match (&route, &method) {
@@ -466,7 +479,7 @@ impl Proxy {
                         }
                     };
                     if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
-                        self.record_pushed(&digest, &target);
+                        self.record_pushed(ask.policy, &digest, &target);
                     }
                     return Ok(with_warning(resp, verdict));
                 }
@@ -487,14 +500,14 @@ impl Proxy {
                 let resp = Box::pin(self.forward(&route, &raw_name, &target, req)).await?;
                 let (resp, verdict) = if served {
                     let (resp, by_digest) =
-                        Box::pin(self.judge_served(&ask, &target, &policy, resp, head)).await?;
+                        Box::pin(self.judge_served(&ask, &target, policy, resp, head)).await?;
                     (resp, by_digest.unwrap_or(verdict))
                 } else {
                     (resp, verdict)
                 };
                 if reading && resp.status().is_success() {
                     self.resolver.remember(&name, &target.registry);
-                    self.record_provenance(&route, &target);
+                    self.record_provenance(ask.policy, &route, &target);
                 }
                 Ok(with_warning(resp, verdict))
             }
@@ -503,7 +516,7 @@ impl Proxy {
                     ask: &ask,
                     raw_name: &raw_name,
                     name: &name,
-                    policy: &policy,
+                    policy,
                     served,
                     head,
                 };
@@ -550,7 +563,7 @@ impl Proxy {
         let mut tried = Vec::new();
         let mut denied = None;
         for (i, target) in targets.iter().enumerate() {
-            let verdict = match self.gate.check(&ask.check(target)) {
+            let verdict = match self.gate.check(&ask.check(target)).await {
                 Ok(v) => v,
                 Err(e) => {
                     denied.get_or_insert(e);
@@ -578,7 +591,7 @@ impl Proxy {
             if mirrors && (found || last) {
                 let (resp, verdict) = self.served(order, target, resp, verdict).await?;
                 if found {
-                    self.record_provenance(route, target);
+                    self.record_provenance(order.policy, route, target);
                 }
                 return Ok(with_warning(resp, verdict));
             }
@@ -603,7 +616,7 @@ impl Proxy {
                 .with_label_values(&[&target.registry])
                 .inc();
             self.resolver.remember(order.name, &target.registry);
-            self.record_provenance(route, target);
+            self.record_provenance(order.policy, route, target);
             return Ok(with_warning(resp, verdict));
         }
         if let (Some(denial), true) = (denied, tried.is_empty()) {

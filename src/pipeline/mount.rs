@@ -45,7 +45,7 @@ impl Proxy {
     /// Decide the pull half of a mount. Returns the request to forward: with `from`
     /// rewritten to the source's fully qualified name when the mount may go ahead, without
     /// `mount` and `from` when it may not.
-    pub(super) fn judge_mount<B>(
+    pub(super) async fn judge_mount<B>(
         &self,
         req: Request<B>,
         ask: &Ask<'_>,
@@ -70,6 +70,7 @@ impl Proxy {
         let allowed = match (&source, mount.digest.parse::<Digest>()) {
             (Some(src), Ok(digest)) if src.registry == target.registry => {
                 let check = crate::pipeline::verdict::Check {
+                    policy: ask.policy,
                     op: Operation::Pull,
                     target: src,
                     tag: None,
@@ -78,7 +79,7 @@ impl Proxy {
                     user: ask.user,
                     listener: ask.listener,
                 };
-                match self.gate.check(&check) {
+                match self.gate.check(&check).await {
                     Ok(_) => true,
                     Err(denied) => {
                         info!(%target, source = %src, error = %denied, "mount refused by policy; the client will upload instead");

@@ -196,7 +196,7 @@ impl Proxy {
         let Some(stage) = self.stage.clone() else {
             return Ok(Err(req));
         };
-        let staging = self.gate.policy().private_needs_content(&target.registry);
+        let staging = ask.policy.private_needs_content(&target.registry);
         let method = req.method().clone();
         let query = req.uri().query().map(str::to_owned);
         let uploads = format!("/v2/{raw_name}/blobs/uploads");
@@ -377,9 +377,9 @@ impl Proxy {
             ),
             None => HashMap::new(),
         };
-        let policy = self.gate.policy();
+        let policy = ask.policy;
         // Only staged blobs count: the destination already has every other blob.
-        let seen = match self.seen(&policy, &staged) {
+        let seen = match self.seen(policy, &staged) {
             Ok(seen) => seen,
             Err(e) => {
                 self.drop_staged(stage, target, &staged);
@@ -396,7 +396,7 @@ impl Proxy {
         };
         let verdict = match policy.private_push(&content) {
             None => Verdict::Allow,
-            Some(decision) => match self.gate.enforce(decision, &ask.check(target)) {
+            Some(decision) => match self.gate.enforce(decision, &ask.check(target)).await {
                 Ok(v) => v,
                 Err(denied) => {
                     self.drop_staged(stage, target, &staged);

@@ -5,6 +5,7 @@
 use tracing::warn;
 
 use crate::pipeline::plan::Target;
+use crate::policy::Policy;
 use crate::route::Route;
 use crate::store::provenance::Seen;
 
@@ -13,7 +14,7 @@ use super::Proxy;
 impl Proxy {
     /// Remember where a blob was seen: private-push protection asks whether a blob was
     /// only ever seen in private registries.
-    pub(super) fn record_provenance(&self, route: &Route, target: &Target) {
+    pub(super) fn record_provenance(&self, policy: &Policy, route: &Route, target: &Target) {
         let Some(store) = &self.provenance else {
             return;
         };
@@ -21,7 +22,7 @@ impl Proxy {
             Route::Blob { digest, .. } => digest.as_str(),
             _ => return,
         };
-        let seen = if self.gate.policy().is_public(&target.registry) {
+        let seen = if policy.is_public(&target.registry) {
             Seen::Public
         } else {
             Seen::Private
@@ -32,11 +33,11 @@ impl Proxy {
     }
 
     /// A blob pushed (or mounted) through portcullis was seen in its destination.
-    pub(super) fn record_pushed(&self, digest: &str, target: &Target) {
+    pub(super) fn record_pushed(&self, policy: &Policy, digest: &str, target: &Target) {
         let Some(store) = &self.provenance else {
             return;
         };
-        let seen = if self.gate.policy().is_public(&target.registry) {
+        let seen = if policy.is_public(&target.registry) {
             Seen::Public
         } else {
             Seen::Private

@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn explains_a_confirmed_public_push_with_its_rule() {
         let config = Config::embedded_defaults();
-        let policy = crate::pipeline::verdict::Sources::default()
+        let policy = crate::policy::live::Sources::default()
             .load()
             .expect("embedded policy");
         let text =

@@ -668,11 +668,11 @@ mod tests {
     /// mistaken for an emptied file, by the loader or by a reader.
     #[test]
     fn the_embedded_default_policy_is_explicit_and_loads() {
-        let text = crate::pipeline::verdict::EMBEDDED_POLICY;
+        let text = crate::policy::live::EMBEDDED_POLICY;
         assert!(!is_blank(text));
         assert!(text.lines().any(|l| l.trim() == "mode = \"blocklist\""));
         let from_file = load(&[policies_dir().join("default.toml")]).unwrap();
-        let embedded = crate::pipeline::verdict::Sources::default().load().unwrap();
+        let embedded = crate::policy::live::Sources::default().load().unwrap();
         assert_eq!(embedded.stats().rules, from_file.stats().rules);
         assert_eq!(embedded.mode(), Mode::Blocklist);
     }

@@ -18,6 +18,7 @@ mod check;
 mod eval;
 pub mod explain;
 mod index;
+pub mod live;
 mod load;
 mod matcher;
 mod policy_file;

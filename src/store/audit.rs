@@ -23,7 +23,7 @@ use std::num::NonZeroU8;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimePrecision};
 use time::format_description::well_known::Iso8601;
@@ -98,23 +98,50 @@ impl Audit {
     }
 
     /// Appends `record` as one line. Never panics and never fails the caller: a failed write
-    /// is logged and counted in [`failures`](Audit::failures).
+    /// is logged and counted in [`failures`](Audit::failures). Blocking (a `write(2)`): from
+    /// async code use [`Audit::append`].
     pub fn write(&self, record: &Record) {
+        if let Some(line) = self.line(record) {
+            self.write_line(&line);
+        }
+    }
+
+    /// [`Audit::write`] with the `write(2)` on the blocking pool, awaited: the record is in
+    /// the kernel before the caller answers the request it audits, as with `write`.
+    pub async fn append(self: &Arc<Self>, record: &Record<'_>) {
+        let Some(line) = self.line(record) else {
+            return;
+        };
+        let audit = self.clone();
+        let written = tokio::task::spawn_blocking(move || audit.write_line(&line)).await;
+        if let (Err(error), Some((path, _))) = (written, &self.file) {
+            self.fail(path, &error);
+        }
+    }
+
+    /// The record as one JSON line; `None` when auditing is off or it cannot be serialized.
+    fn line(&self, record: &Record) -> Option<Vec<u8>> {
+        let (path, _) = self.file.as_ref()?;
+        match serde_json::to_vec(record) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                Some(line)
+            }
+            Err(error) => {
+                self.fail(path, &error);
+                None
+            }
+        }
+    }
+
+    fn write_line(&self, line: &[u8]) {
         let Some((path, file)) = &self.file else {
             return;
         };
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(error) => {
-                self.fail(path, &error);
-                return;
-            }
-        };
-        line.push(b'\n');
         // A writer that panicked held the lock between whole lines, so the file is still
         // consistent and the poison can be ignored.
         let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(error) = file.write_all(&line).and_then(|()| file.flush()) {
+        if let Err(error) = file.write_all(line).and_then(|()| file.flush()) {
             self.fail(path, &error);
         }
     }

@@ -171,6 +171,23 @@ pub struct Stage {
     expired: IntCounter,
 }
 
+/// Remove a file nobody owns any more. On a runtime thread the `unlink(2)` goes to the
+/// blocking pool (its bytes were already released from the budget); elsewhere (the
+/// sweeper, which runs on the blocking pool already) it runs in place.
+fn unlink(path: PathBuf) {
+    let remove = move || {
+        if let Err(error) = std::fs::remove_file(&path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a staged file");
+            }
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+        Err(_) => remove(),
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
     move |source| StageError::Io {
         path: path.to_owned(),
@@ -295,7 +312,7 @@ impl Stage {
         match removed {
             Some(session) => {
                 self.release(session.size);
-                let _ = std::fs::remove_file(&session.path);
+                unlink(session.path);
                 true
             }
             None => false,
@@ -370,7 +387,7 @@ impl Stage {
             // Cancelled while streaming: its file and these bytes belong to no one now.
             drop(sessions);
             self.release(written);
-            let _ = std::fs::remove_file(&path);
+            unlink(path);
             return Err(StageError::UnknownSession(id.to_owned()));
         };
         s.streaming = s.streaming.saturating_sub(1);
@@ -420,7 +437,7 @@ impl Stage {
         let actual = hex::encode(session.hasher.finalize());
         if actual != expected_hex {
             self.release(session.size);
-            let _ = std::fs::remove_file(&session.path);
+            unlink(session.path);
             return Err(StageError::DigestMismatch {
                 expected: digest.to_owned(),
                 actual: format!("sha256:{actual}"),
@@ -488,7 +505,7 @@ impl Stage {
             .and_then(|mut b| b.remove(&(registry.to_owned(), digest.to_owned())));
         if let Some(Staged { blob, .. }) = removed {
             self.release(blob.size);
-            let _ = std::fs::remove_file(&blob.path);
+            unlink(blob.path);
         }
     }
 
@@ -626,7 +643,18 @@ mod tests {
         (stage, metrics)
     }
 
-    fn files(dir: &Path) -> usize {
+    /// The files in the stage once removals handed to the blocking pool have run.
+    async fn files(dir: &Path) -> usize {
+        for _ in 0..200 {
+            if count_files(dir) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        count_files(dir)
+    }
+
+    fn count_files(dir: &Path) -> usize {
         std::fs::read_dir(dir.join("stage"))
             .map(|d| d.count())
             .unwrap_or(99)
@@ -665,6 +693,12 @@ mod tests {
         assert_eq!(stage.used_bytes(), 11);
         stage.remove("docker.io", &digest(b"hello world"));
         assert_eq!(stage.used_bytes(), 0);
+        for _ in 0..200 {
+            if !staged.path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(!staged.path.exists());
     }
 
@@ -702,7 +736,7 @@ mod tests {
         stage.append(&id, bytes_body("abc")).await.expect("append");
         assert_eq!(stage.sweep(Duration::ZERO), 1);
         assert_eq!(stage.used_bytes(), 0);
-        assert_eq!(files(dir.path()), 0);
+        assert_eq!(files(dir.path()).await, 0);
     }
 
     #[tokio::test]
@@ -722,7 +756,7 @@ mod tests {
                 0
             );
         }
-        assert_eq!(files(dir.path()), 0, "no file before the first byte");
+        assert_eq!(files(dir.path()).await, 0, "no file before the first byte");
         let blob = stage
             .finish(&ids[0], &digest(b""), crate::body::empty())
             .await
@@ -851,7 +885,7 @@ mod tests {
         let err = writer.await.expect("join").expect_err("cancelled");
         assert!(matches!(err, StageError::UnknownSession(_)), "{err}");
         assert_eq!(stage.used_bytes(), 0);
-        assert_eq!(files(dir.path()), 0);
+        assert_eq!(files(dir.path()).await, 0);
     }
 
     #[tokio::test]
@@ -878,7 +912,7 @@ mod tests {
         );
         assert_eq!(stage.status(&id), None, "the session is gone");
         assert_eq!(stage.used_bytes(), 0);
-        assert_eq!(files(dir.path()), 0);
+        assert_eq!(files(dir.path()).await, 0);
         assert_eq!(metrics.staging_sessions.get(), 0);
         drop(tx);
     }
