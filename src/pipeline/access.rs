@@ -56,7 +56,7 @@ impl AccessLine {
         // Display, not Debug: the path is a parsed URI path (no spaces or control
         // characters) and the rest are portcullis's own words, so nothing needs escaping.
         info!(
-            target: "portcullis::pipeline",
+            target: "portcullis::access",
             peer = %self.peer,
             method = %self.method,
             path = %self.path,

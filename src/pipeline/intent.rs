@@ -6,8 +6,8 @@ use http::{header, HeaderMap, Method};
 
 use crate::error::ProxyError;
 use crate::policy::Operation;
-use crate::reference::{Name, Reference};
-use crate::route::{self, Route};
+use crate::reference::Reference;
+use crate::route::Route;
 
 /// The policy's operation for a request.
 pub(super) fn policy_operation(route: &Route, method: &Method) -> Operation {
@@ -122,47 +122,32 @@ pub(super) fn check_method(route: &Route, method: &Method) -> Result<(), ProxyEr
     }
 }
 
-/// The registry a request names, for a metric label when nothing was resolved (refused, or
-/// failed before resolution): the intercepted host, else the host at the start of a
-/// qualified `/v2/<name>/...`. A short name names none.
-pub(super) fn named_registry(intercepted: Option<&str>, path: &str) -> Option<String> {
-    if let Some(host) = intercepted {
-        return Some(host.to_owned());
-    }
-    match Name::parse(route::parse(path).ok()?.name()?).ok()? {
-        Name::Qualified { registry, .. } => Some(registry),
-        Name::Short(_) => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::named_registry;
+    use crate::reference::Name;
+    use crate::route;
 
+    /// The registry a refused request is counted under (`Trail::named`) is the one its
+    /// name names once parsed: the qualified host, docker.io normalised, none for a short
+    /// name or a path with no name. (The intercepted host comes from the connection.)
     #[test]
-    fn the_named_registry_is_the_intercepted_host_or_the_qualified_one() {
+    fn the_named_registry_is_the_qualified_host_of_the_name() {
         let cases = [
-            (Some("quay.io"), "/v2/x/manifests/1", Some("quay.io")),
-            (
-                None,
-                "/v2/evil.example.net/x/manifests/1",
-                Some("evil.example.net"),
-            ),
-            (
-                None,
-                "/v2/index.docker.io/x/blobs/uploads/",
-                Some("docker.io"),
-            ),
-            (None, "/v2/alpine/manifests/latest", None),
-            (None, "/v2/", None),
-            (None, "/v2/UPPER/manifests/x", None),
+            ("/v2/evil.example.net/x/manifests/1", Some("evil.example.net")),
+            ("/v2/index.docker.io/x/blobs/uploads/", Some("docker.io")),
+            ("/v2/alpine/manifests/latest", None),
+            ("/v2/", None),
+            ("/v2/UPPER/manifests/x", None),
         ];
-        for (intercepted, path, want) in cases {
-            assert_eq!(
-                named_registry(intercepted, path).as_deref(),
-                want,
-                "{intercepted:?} {path}"
-            );
+        for (path, want) in cases {
+            let named = route::parse(path)
+                .ok()
+                .and_then(|r| Name::parse(r.name()?).ok())
+                .and_then(|n| match n {
+                    Name::Qualified { registry, .. } => Some(registry),
+                    Name::Short(_) => None,
+                });
+            assert_eq!(named.as_deref(), want, "{path}");
         }
     }
 }

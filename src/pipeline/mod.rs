@@ -21,6 +21,7 @@ mod intent;
 mod listing;
 mod mount;
 mod namespace;
+mod outcome;
 pub mod plan;
 pub mod push;
 mod record;
@@ -44,7 +45,7 @@ use crate::body::{full, ProxyBody};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::listing::search::Search;
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::Metrics;
 use crate::pipeline::plan::{Plan, Resolver, Target};
 use crate::pipeline::verdict::{Check, Gate, Verdict};
 use crate::policy::live::LivePolicy;
@@ -57,9 +58,10 @@ use crate::store::stage::Stage;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 use intent::{
-    basic_user, check_method, content_addressed, named_registry, operation, policy_operation,
-    query_value, route_digest, route_tag, what,
+    basic_user, check_method, content_addressed, operation, policy_operation, query_value,
+    route_digest, route_tag, what,
 };
+use outcome::{Decided, Intent, Outcome, Trail};
 // Re-exported so the rest of the crate keeps naming them `crate::pipeline::...`.
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
@@ -97,6 +99,8 @@ impl Inbound {
 pub(crate) struct Ask<'a> {
     /// The policy this request took when it started; every decision of it uses this one.
     pub policy: &'a Policy,
+    /// What the stages learn of this request, for its outcome.
+    pub trail: &'a Trail,
     pub op: Operation,
     pub route: &'a Route,
     pub peer: SocketAddr,
@@ -205,91 +209,59 @@ impl Proxy {
         ))
     }
 
+    /// The stages, top to bottom: the intent (what was asked), the policy the request is
+    /// decided by, dispatch through plan and verdict to the upstream, and the outcome,
+    /// recorded once.
     async fn handle_inner(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
         inbound: Inbound,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
         let in_flight = self
             .metrics
             .in_flight
             .with_label_values(&[inbound.listener]);
         in_flight.inc();
-        let method = req.method().clone();
-        let version = req.version();
-        let path = req.uri().path().to_owned();
-        let route = route::parse(&path);
-        let operation = operation(route.as_ref().ok(), &method);
-        let resp = match route {
+        let route = route::parse(req.uri().path());
+        let intent = Intent {
+            peer,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            version: req.version(),
+            listener: inbound.listener,
+            operation: operation(route.as_ref().ok(), req.method()),
+            started: Instant::now(),
+        };
+        let trail = Trail::default();
+        let result = match route {
             Ok(route) => {
                 // The one policy this request is decided by, whatever reloads meanwhile.
                 let policy = self.live.current();
-                self.dispatch(route, req, &inbound, peer, &policy).await
+                self.dispatch(route, req, &inbound, peer, &policy, &trail)
+                    .await
             }
-            Err(e) => Err(ProxyError::from_route(e, &method)),
+            Err(e) => Err(ProxyError::from_route(e, &intent.method)),
         };
-        let (resp, decision) = match resp {
-            Ok(resp) => (resp, "allow"),
-            Err(e) => {
-                if e.status().is_server_error() {
-                    warn!(%peer, %method, path = %path, error = %e, "request failed");
-                }
-                let decision = if e.is_denial() { "deny" } else { "error" };
-                (e.into_response(), decision)
+        let decided = Decided::of(&result);
+        let resp = result.unwrap_or_else(|e| {
+            if e.status().is_server_error() {
+                let (method, path) = (&intent.method, &intent.path);
+                warn!(%peer, %method, %path, error = %e, "request failed");
             }
-        };
+            e.into_response()
+        });
         // A HEAD answer has no body, whoever wrote it (an error, `/v2/`); over HTTP/2
         // sending one is a protocol error and the client sees a reset instead of the
         // status. The headers (Content-Length included) stay, as for a GET.
-        let resp = if method == Method::HEAD {
+        let resp = if intent.method == Method::HEAD {
             resp.map(|_| crate::body::empty())
         } else {
             resp
         };
-        let resolved = resp
-            .headers()
-            .get(&RESOLVED_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let resolved_registry = resolved.split_once('/').map(|(r, _)| r);
-        // Nothing resolved (refused, or failed early): the registry the client named, so
-        // refusing an unconfigured host counts under "other" rather than "none".
-        let named = match resolved_registry {
-            Some(_) => None,
-            None => named_registry(inbound.registry.as_deref(), &path),
-        };
-        let registry = self
-            .metrics
-            .registry_label(resolved_registry.or(named.as_deref()));
-        let status = resp.status().as_u16();
-        self.metrics
-            .requests
-            .with_label_values(&[operation, registry, decision, status_class(status)])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[operation])
-            .observe(started.elapsed().as_secs_f64());
+        let resp = Outcome::new(intent, resp, decided, trail).record(&self.metrics);
         in_flight.dec();
-        let line = access::AccessLine {
-            peer,
-            method,
-            path,
-            version,
-            listener: inbound.listener,
-            operation,
-            resolved: resolved.to_owned(),
-            decision,
-            status,
-            started,
-        };
-        let downloaded = self
-            .metrics
-            .bytes
-            .with_label_values(&["download", registry]);
-        resp.map(|body| access::logged(body, line, downloaded))
+        resp
     }
 
     async fn dispatch(
@@ -299,10 +271,18 @@ impl Proxy {
         inbound: &Inbound,
         peer: SocketAddr,
         policy: &Policy,
+        trail: &Trail,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // containerd's `ns` is read here, once, and never goes upstream.
         let (ns, req) = namespace::take_ns(req)?;
-        let scope = self.scope(inbound, ns.as_deref())?;
+        let scope = self.scope(inbound, ns.as_deref()).inspect_err(|_| {
+            if let Some(named) = ns.as_deref().or(inbound.registry.as_deref()) {
+                trail.named(named);
+            }
+        })?;
+        if let Some(registry) = scope {
+            trail.named(registry);
+        }
         match route {
             Route::Base => Ok(self.base(&req)),
             Route::Catalog if ns.is_some() && scope.is_none() => Err(ProxyError::BadRequest(
@@ -332,7 +312,8 @@ impl Proxy {
                     ns: ns.as_deref(),
                     scope,
                 };
-                self.repository(route, req, &scoped, peer, policy).await
+                self.repository(route, req, &scoped, peer, policy, trail)
+                    .await
             }
         }
     }
@@ -383,6 +364,7 @@ impl Proxy {
         scoped: &Scoped<'_>,
         peer: SocketAddr,
         policy: &Policy,
+        trail: &Trail,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
         let (inbound, ns, scope) = (scoped.inbound, scoped.ns, scoped.scope);
@@ -390,6 +372,9 @@ impl Proxy {
             None => Name::parse(&raw_name)?,
             Some(registry) => self.scoped_name(registry, &raw_name)?,
         };
+        if let Name::Qualified { registry, .. } = &name {
+            trail.named(registry);
+        }
         if let (Some(ns), None) = (ns, scope) {
             // The path names the registry here; an `ns` must agree with it.
             match &name {
@@ -419,6 +404,7 @@ impl Proxy {
         let user = basic_user(req.headers());
         let ask = Ask {
             policy,
+            trail,
             op: policy_operation(&route, &method),
             route: &route,
             peer,
@@ -441,6 +427,8 @@ impl Proxy {
                 let verdict = self.gate.check(&ask.check(&target)).await.map_err(|e| {
                     refused_head(e, blob_head, || self.gate.refuses_push(ask.policy, &target))
                 })?;
+                // From here every answer, good or failed, is about this registry.
+                trail.served(&target);
                 if ask.op == Operation::Push {
                     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
                     let staged = self.staged(&route, &raw_name, &target, &ask, req);
@@ -593,6 +581,7 @@ impl Proxy {
                 if found {
                     self.record_provenance(order.policy, route, target);
                 }
+                ask.trail.served(target);
                 return Ok(with_warning(resp, verdict));
             }
             if mirrors {
@@ -617,6 +606,7 @@ impl Proxy {
                 .inc();
             self.resolver.remember(order.name, &target.registry);
             self.record_provenance(order.policy, route, target);
+            ask.trail.served(target);
             return Ok(with_warning(resp, verdict));
         }
         if let (Some(denial), true) = (denied, tried.is_empty()) {

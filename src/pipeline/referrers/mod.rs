@@ -112,7 +112,10 @@ impl Proxy {
                 .referrers_at(ask.route, raw_name, target, digest, filter.as_deref(), req)
                 .await
             {
-                Ok(Some(resp)) => return Ok(with_warning(resp, verdict)),
+                Ok(Some(resp)) => {
+                    ask.trail.served(target);
+                    return Ok(with_warning(resp, verdict));
+                }
                 Ok(None) => {
                     first_allowed.get_or_insert((target, verdict));
                 }
@@ -124,10 +127,13 @@ impl Proxy {
         }
         match (first_allowed, denied) {
             // No registry knows of a referrer: the spec's empty list.
-            (Some((target, verdict)), _) => Ok(with_warning(
-                index_response(target, &Index::empty(), filter.as_deref()),
-                verdict,
-            )),
+            (Some((target, verdict)), _) => {
+                ask.trail.served(target);
+                Ok(with_warning(
+                    index_response(target, &Index::empty(), filter.as_deref()),
+                    verdict,
+                ))
+            }
             (None, Some(denial)) => Err(denial),
             (None, None) => Err(ProxyError::RegistryNotAllowed(raw_name.to_owned())),
         }
