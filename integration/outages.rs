@@ -208,7 +208,7 @@ impl World {
         let logged = if path.contains(A) && self.outage == Outage::ServerError {
             // a's own 503 is passed on, with the access line saying so.
             log.lines().any(|l| {
-                l.contains("INFO portcullis::pipeline: request ")
+                l.contains("INFO portcullis::access: request ")
                     && l.contains(&path)
                     && l.contains("status=503")
             })
