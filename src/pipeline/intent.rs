@@ -1,13 +1,29 @@
-//! What a request asks for, read off its route, method and headers: the policy's operation,
-//! the tag or digest it names, the client's user name. Pure functions, so the pipeline in
+//! The first stage: what a request asks for. The [`Intent`] (operation, method, path,
+//! listener, peer) is read before anything can fail, so the outcome can always say what was
+//! asked; the rest are pure functions over the route, method and headers (the policy's
+//! operation, the tag or digest named, the client's user name), so the pipeline in
 //! [`super`] reads as decisions rather than pattern matches.
 
-use http::{header, HeaderMap, Method};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::{header, HeaderMap, Method, Version};
 
 use crate::error::ProxyError;
 use crate::policy::Operation;
 use crate::reference::Reference;
 use crate::route::Route;
+
+/// What the request was, as the first stage read it: enough to log it whatever happens.
+pub(crate) struct Intent {
+    pub peer: SocketAddr,
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub listener: &'static str,
+    pub operation: &'static str,
+    pub started: Instant,
+}
 
 /// The policy's operation for a request.
 pub(super) fn policy_operation(route: &Route, method: &Method) -> Operation {
@@ -88,18 +104,14 @@ pub(super) fn content_addressed(route: &Route) -> bool {
     )
 }
 
-/// The operation a request performs, for logs, metrics and (later) policy.
+/// The operation a request performs, for logs and metrics: the policy's operation, so that
+/// a label never says something else than what was decided (cancelling an upload is part of
+/// a push), plus `ping` for `/v2/` and `invalid` for a path that is no API route.
 pub(super) fn operation(route: Option<&Route>, method: &Method) -> &'static str {
-    let read = matches!(*method, Method::GET | Method::HEAD);
     match route {
         None => "invalid",
         Some(Route::Base) => "ping",
-        Some(Route::Catalog | Route::Tags { .. }) => "list",
-        Some(Route::V1Ping | Route::V1Search) => "search",
-        Some(_) if *method == Method::DELETE => "delete",
-        Some(Route::Upload { .. } | Route::UploadStart { .. }) => "push",
-        Some(_) if read => "pull",
-        Some(_) => "push",
+        Some(route) => policy_operation(route, method).as_str(),
     }
 }
 
@@ -124,8 +136,33 @@ pub(super) fn check_method(route: &Route, method: &Method) -> Result<(), ProxyEr
 
 #[cfg(test)]
 mod tests {
+    use http::Method;
+
+    use super::operation;
     use crate::reference::Name;
     use crate::route;
+
+    #[test]
+    fn the_logged_operation_is_the_decided_one() {
+        let cases = [
+            ("/v2/", Method::GET, "ping"),
+            ("/v2/x/manifests/1", Method::GET, "pull"),
+            ("/v2/x/manifests/1", Method::HEAD, "pull"),
+            ("/v2/x/manifests/1", Method::PUT, "push"),
+            ("/v2/x/manifests/1", Method::DELETE, "delete"),
+            ("/v2/x/blobs/uploads/", Method::POST, "push"),
+            // Cancelling an upload is part of a push, for the policy and for the label.
+            ("/v2/x/blobs/uploads/abc", Method::DELETE, "push"),
+            ("/v2/x/tags/list", Method::GET, "list"),
+            ("/v2/_catalog", Method::GET, "list"),
+            ("/v1/search", Method::GET, "search"),
+        ];
+        for (path, method, want) in cases {
+            let route = crate::route::parse(path).ok();
+            assert_eq!(operation(route.as_ref(), &method), want, "{method} {path}");
+        }
+        assert_eq!(operation(None, &Method::GET), "invalid");
+    }
 
     /// The registry a refused request is counted under (`Trail::named`) is the one its
     /// name names once parsed: the qualified host, docker.io normalised, none for a short
@@ -133,7 +170,10 @@ mod tests {
     #[test]
     fn the_named_registry_is_the_qualified_host_of_the_name() {
         let cases = [
-            ("/v2/evil.example.net/x/manifests/1", Some("evil.example.net")),
+            (
+                "/v2/evil.example.net/x/manifests/1",
+                Some("evil.example.net"),
+            ),
             ("/v2/index.docker.io/x/blobs/uploads/", Some("docker.io")),
             ("/v2/alpine/manifests/latest", None),
             ("/v2/", None),

@@ -59,9 +59,9 @@ use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 use intent::{
     basic_user, check_method, content_addressed, operation, policy_operation, query_value,
-    route_digest, route_tag, what,
+    route_digest, route_tag, what, Intent,
 };
-use outcome::{Decided, Intent, Outcome, Trail};
+use outcome::{Decided, Outcome, Trail};
 // Re-exported so the rest of the crate keeps naming them `crate::pipeline::...`.
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;

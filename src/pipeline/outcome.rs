@@ -7,11 +7,8 @@
 //! writes the request metrics and the access line (at the end of the body, when it is
 //! known whether the client got all of it: [`super::access`]).
 
-use std::net::SocketAddr;
+use http::Response;
 use std::sync::OnceLock;
-use std::time::Instant;
-
-use http::{Method, Response, Version};
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -19,6 +16,7 @@ use crate::metrics::{status_class, Metrics};
 use crate::pipeline::plan::Target;
 
 use super::access::{self, AccessLine};
+use super::intent::Intent;
 
 /// Facts about one request, set by the stage that learns them; each is set at most once
 /// (the first setter wins: a search that tried several registries keeps the one that
@@ -65,17 +63,6 @@ impl Decided {
             Err(_) => Decided::Error,
         }
     }
-}
-
-/// What the request was, as the first stage read it: enough to log it whatever happens.
-pub(crate) struct Intent {
-    pub peer: SocketAddr,
-    pub method: Method,
-    pub path: String,
-    pub version: Version,
-    pub listener: &'static str,
-    pub operation: &'static str,
-    pub started: Instant,
 }
 
 /// The end of a request's journey.
@@ -161,6 +148,10 @@ impl Outcome {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use http::{Method, Version};
+
     use super::*;
     use crate::reference::Repository;
 

@@ -145,7 +145,7 @@ impl Gate {
             ),
         };
         self.count(d.action, rule);
-        if action == "warn" || action == "deny" {
+        if matches!(d.action, Action::Warn | Action::Deny) {
             warn!(%reference, rule, action, message = %d.message, "policy decision");
         }
         let record = Record {
