@@ -62,6 +62,7 @@ use intent::{
     route_digest, route_tag, what, Intent,
 };
 use outcome::{Decided, Outcome, Trail};
+use push::Staged;
 // Re-exported so the rest of the crate keeps naming them `crate::pipeline::...`.
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
@@ -433,7 +434,7 @@ impl Proxy {
                     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
                     let staged = self.staged(&route, &raw_name, &target, &ask, req);
                     let req = match Box::pin(staged).await? {
-                        Ok(resp) => {
+                        Staged::Answered(resp) => {
                             let with = self.staged_with_referrers(
                                 &route,
                                 &target,
@@ -442,7 +443,7 @@ impl Proxy {
                             );
                             return Ok(with_warning(Box::pin(with).await, verdict));
                         }
-                        Err(req) => req,
+                        Staged::Forward(req) => req,
                     };
                     let req = match route {
                         Route::UploadStart { .. } => {

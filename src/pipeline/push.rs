@@ -183,6 +183,14 @@ fn upload_response(
     resp
 }
 
+/// What staging made of a push request.
+pub(crate) enum Staged {
+    /// Staged: portcullis answered it (an upload kept locally, a published manifest).
+    Answered(Response<ProxyBody>),
+    /// Not staged: it goes upstream as it came.
+    Forward(Request<Incoming>),
+}
+
 impl Proxy {
     /// Serve a push request locally when the push is staged; `None` means "forward it".
     pub(crate) async fn staged(
@@ -192,9 +200,9 @@ impl Proxy {
         target: &Target,
         ask: &Ask<'_>,
         req: Request<Incoming>,
-    ) -> Result<Result<Response<ProxyBody>, Request<Incoming>>, ProxyError> {
+    ) -> Result<Staged, ProxyError> {
         let Some(stage) = self.stage.clone() else {
-            return Ok(Err(req));
+            return Ok(Staged::Forward(req));
         };
         let staging = ask.policy.private_needs_content(&target.registry);
         let method = req.method().clone();
@@ -288,14 +296,14 @@ impl Proxy {
                 return self
                     .publish(route, raw_name, target, ask, &stage, req)
                     .await
-                    .map(Ok);
+                    .map(Staged::Answered);
             }
-            _ => return Ok(Err(req)),
+            _ => return Ok(Staged::Forward(req)),
         };
         self.metrics
             .staged_bytes
             .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
-        Ok(Ok(resp))
+        Ok(Staged::Answered(resp))
     }
 
     /// A staged upload's body, cut when the client stops sending for the registry's body
