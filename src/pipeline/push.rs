@@ -444,7 +444,7 @@ impl Proxy {
         seen_content(&**store, policy.private_uses_provenance(), staged).map_err(|e| {
             self.metrics.policy_undecided.inc();
             warn!(error = %e, "provenance store failed; refusing the push it was asked about");
-            ProxyError::Denied(format!(
+            ProxyError::Refused(format!(
                 "push refused: the private-push rules cannot be evaluated ({e}); retry later or ask an administrator"
             ))
         })
