@@ -50,9 +50,9 @@ pub enum ProxyError {
     ClientBody(String),
     #[error("every search registry failed: {0}")]
     SearchFailed(String),
-    /// Refused by policy; the message names the rule and says what to do.
+    /// Refused by a policy rule; the message names the rule and says what to do.
     #[error("{0}")]
-    Denied(String),
+    Denied(Denial),
     #[error("{0}")]
     DigestMismatch(String),
     #[error("{0}")]
@@ -78,6 +78,51 @@ pub enum ProxyError {
     /// An upload chunk whose `Content-Range` does not start where the upload stands.
     #[error("{0}")]
     RangeInvalid(String),
+    /// Refused by policy without a rule that decided it: a short name that resolves to more
+    /// than one place, or a rule that could not be evaluated (fail closed).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What a policy rule refused, kept apart so the audit line, the metric and the client's
+/// message are made from the same facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The image reference as the user would write it.
+    pub reference: String,
+    /// The rule's id, or "default".
+    pub rule: String,
+    pub action: DenialAction,
+    /// The rule's own message.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialAction {
+    Deny,
+    /// Refused until the same operation is repeated within this many minutes.
+    Confirm {
+        within_minutes: u64,
+    },
+}
+
+/// The text clients print verbatim (and integration tests assert).
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Denial {
+            reference,
+            rule,
+            action,
+            message,
+        } = self;
+        match action {
+            DenialAction::Deny => write!(f, "{reference}: denied by rule {rule}: {message}"),
+            DenialAction::Confirm { within_minutes } => write!(
+                f,
+                "{reference}: {message} (rule {rule}). To confirm, run the same command again within {within_minutes} minutes."
+            ),
+        }
+    }
 }
 
 impl ProxyError {
@@ -107,6 +152,7 @@ impl ProxyError {
             ProxyError::NoSuchReference(_) => StatusCode::NOT_FOUND,
             ProxyError::TagDeleteUnsupported { .. } => StatusCode::BAD_REQUEST,
             ProxyError::RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ProxyError::Refused(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -149,6 +195,7 @@ impl ProxyError {
             ProxyError::NoSuchReference(_) => Code::Oci(ErrorCode::ManifestUnknown),
             ProxyError::TagDeleteUnsupported { .. } => Code::Oci(ErrorCode::Unsupported),
             ProxyError::RangeInvalid(_) => Code::Oci(ErrorCode::BlobUploadInvalid),
+            ProxyError::Refused(_) => Code::Oci(ErrorCode::Denied),
         }
     }
 
@@ -160,6 +207,7 @@ impl ProxyError {
                 | ProxyError::NoPushRegistry(_)
                 | ProxyError::Denied(_)
                 | ProxyError::RefusedHead(_)
+                | ProxyError::Refused(_)
         )
     }
 
@@ -242,76 +290,152 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap_or_default()
     }
 
+    /// The variant's name. No wildcard arm: a new variant does not compile until it is named
+    /// here, and `every_variant_maps_to_its_status_code_and_an_oci_error_body` then fails until
+    /// it has a case.
+    fn variant(e: &ProxyError) -> &'static str {
+        match e {
+            ProxyError::Route(_) => "Route",
+            ProxyError::Name(_) => "Name",
+            ProxyError::RegistryNotAllowed(_) => "RegistryNotAllowed",
+            ProxyError::NoPushRegistry(_) => "NoPushRegistry",
+            ProxyError::NotFound { .. } => "NotFound",
+            ProxyError::BadRequest(_) => "BadRequest",
+            ProxyError::ManifestTooLarge(_) => "ManifestTooLarge",
+            ProxyError::MethodNotAllowed { .. } => "MethodNotAllowed",
+            ProxyError::ManifestDigestMismatch { .. } => "ManifestDigestMismatch",
+            ProxyError::Unauthorized => "Unauthorized",
+            ProxyError::Upstream(_) => "Upstream",
+            ProxyError::ClientBody(_) => "ClientBody",
+            ProxyError::SearchFailed(_) => "SearchFailed",
+            ProxyError::Denied(_) => "Denied",
+            ProxyError::DigestMismatch(_) => "DigestMismatch",
+            ProxyError::UploadUnknown(_) => "UploadUnknown",
+            ProxyError::Staging(_) => "Staging",
+            ProxyError::TooManyRequests(_) => "TooManyRequests",
+            ProxyError::RefusedHead(_) => "RefusedHead",
+            ProxyError::NoSuchReference(_) => "NoSuchReference",
+            ProxyError::TagDeleteUnsupported { .. } => "TagDeleteUnsupported",
+            ProxyError::RangeInvalid(_) => "RangeInvalid",
+            ProxyError::Refused(_) => "Refused",
+        }
+    }
+
+    /// Every name `variant` returns, in declaration order.
+    const VARIANTS: &[&str] = &[
+        "Route",
+        "Name",
+        "RegistryNotAllowed",
+        "NoPushRegistry",
+        "NotFound",
+        "BadRequest",
+        "ManifestTooLarge",
+        "MethodNotAllowed",
+        "ManifestDigestMismatch",
+        "Unauthorized",
+        "Upstream",
+        "ClientBody",
+        "SearchFailed",
+        "Denied",
+        "DigestMismatch",
+        "UploadUnknown",
+        "Staging",
+        "TooManyRequests",
+        "RefusedHead",
+        "NoSuchReference",
+        "TagDeleteUnsupported",
+        "RangeInvalid",
+        "Refused",
+    ];
+
+    fn denial(action: DenialAction) -> ProxyError {
+        ProxyError::Denied(Denial {
+            reference: "registry.example.com/team/app:1".into(),
+            rule: "no-app".into(),
+            action,
+            message: "app is retired".into(),
+        })
+    }
+
+    /// (error, status, OCI code, whether the access line says `decision=deny`)
+    #[rustfmt::skip]
+    fn cases() -> Vec<(ProxyError, u16, &'static str, bool)> {
+        let upstream = |e| ProxyError::Upstream(e);
+        vec![
+            (ProxyError::Route(RouteError::NotFound("/x".into())), 404, "NAME_UNKNOWN", false),
+            (ProxyError::Route(RouteError::InvalidPath("/v2/%".into())), 400, "NAME_INVALID", false),
+            (ProxyError::Route(RouteError::Name(NameError::InvalidDigest("sha256:zz".into()))), 400, "DIGEST_INVALID", false),
+            (ProxyError::Route(RouteError::Name(NameError::InvalidTag(".x".into()))), 400, "MANIFEST_INVALID", false),
+            (ProxyError::Name(NameError::InvalidName("UPPER".into())), 400, "NAME_INVALID", false),
+            (ProxyError::Name(NameError::InvalidDigest("sha256:zz".into())), 400, "DIGEST_INVALID", false),
+            (ProxyError::Name(NameError::InvalidTag(".x".into())), 400, "MANIFEST_INVALID", false),
+            (ProxyError::RegistryNotAllowed("evil.example.net".into()), 403, "DENIED", true),
+            (ProxyError::NoPushRegistry("app".into()), 403, "DENIED", true),
+            (ProxyError::NotFound { name: "fedora".into(), what: "manifest", tried: "a, b".into() }, 404, "MANIFEST_UNKNOWN", false),
+            (ProxyError::NotFound { name: "fedora".into(), what: "blob", tried: "a".into() }, 404, "BLOB_UNKNOWN", false),
+            (ProxyError::NotFound { name: "fedora".into(), what: "repository", tried: "a".into() }, 404, "NAME_UNKNOWN", false),
+            (ProxyError::BadRequest("no".into()), 400, "UNSUPPORTED", false),
+            (ProxyError::ManifestTooLarge(4), 413, "MANIFEST_INVALID", false),
+            (ProxyError::MethodNotAllowed { method: "PATCH".into(), route: "manifests" }, 405, "UNSUPPORTED", false),
+            (ProxyError::ManifestDigestMismatch { registry: "r".into(), expected: "sha256:a".into(), actual: "sha256:b".into() }, 502, "DIGEST_INVALID", false),
+            (ProxyError::Unauthorized, 401, "UNAUTHORIZED", false),
+            (upstream(UpstreamError::Timeout { registry: "docker.io".into(), after: std::time::Duration::from_secs(5) }), 504, "UNAVAILABLE", false),
+            (upstream(UpstreamError::Connect { registry: "docker.io".into(), message: "refused".into() }), 502, "UNAVAILABLE", false),
+            (upstream(UpstreamError::CredentialsRefused { registry: "r".into(), status: StatusCode::UNAUTHORIZED, client_credentials: true }), 401, "UNAUTHORIZED", false),
+            (upstream(UpstreamError::CredentialsRefused { registry: "r".into(), status: StatusCode::UNAUTHORIZED, client_credentials: false }), 502, "UNAVAILABLE", false),
+            (ProxyError::ClientBody("reset".into()), 400, "UNSUPPORTED", false),
+            (ProxyError::SearchFailed("a: down".into()), 502, "UNAVAILABLE", false),
+            (denial(DenialAction::Deny), 403, "DENIED", true),
+            (denial(DenialAction::Confirm { within_minutes: 5 }), 403, "DENIED", true),
+            (ProxyError::DigestMismatch("sha256:a is not sha256:b".into()), 400, "DIGEST_INVALID", false),
+            (ProxyError::UploadUnknown("u".into()), 404, "BLOB_UPLOAD_UNKNOWN", false),
+            (ProxyError::Staging("disk full".into()), 503, "UNAVAILABLE", false),
+            (ProxyError::TooManyRequests("too many upload sessions".into()), 429, "TOOMANYREQUESTS", false),
+            (ProxyError::RefusedHead("blocked".into()), 404, "BLOB_UNKNOWN", true),
+            (ProxyError::NoSuchReference("\".x\"".into()), 404, "MANIFEST_UNKNOWN", false),
+            (ProxyError::TagDeleteUnsupported { registry: "corp.example.com".into() }, 400, "UNSUPPORTED", false),
+            (ProxyError::RangeInvalid("starts at 10".into()), 416, "BLOB_UPLOAD_INVALID", false),
+            (ProxyError::Refused("app is ambiguous".into()), 403, "DENIED", true),
+        ]
+    }
+
     #[tokio::test]
-    async fn errors_map_to_status_and_oci_code() {
-        let cases: Vec<(ProxyError, u16, &str)> = vec![
-            (
-                ProxyError::Name(NameError::InvalidName("UPPER".into())),
-                400,
-                "NAME_INVALID",
-            ),
-            (
-                ProxyError::Name(NameError::InvalidDigest("sha256:zz".into())),
-                400,
-                "DIGEST_INVALID",
-            ),
-            (
-                ProxyError::RegistryNotAllowed("evil.example.net".into()),
-                403,
-                "DENIED",
-            ),
-            (ProxyError::NoPushRegistry("app".into()), 403, "DENIED"),
-            (
-                ProxyError::NotFound {
-                    name: "fedora".into(),
-                    what: "manifest",
-                    tried: "a, b".into(),
-                },
-                404,
-                "MANIFEST_UNKNOWN",
-            ),
-            (ProxyError::ManifestTooLarge(4), 413, "MANIFEST_INVALID"),
-            (ProxyError::Unauthorized, 401, "UNAUTHORIZED"),
-            (
-                ProxyError::Upstream(UpstreamError::Timeout {
-                    registry: "docker.io".into(),
-                    after: std::time::Duration::from_secs(5),
-                }),
-                504,
-                "UNAVAILABLE",
-            ),
-            (
-                ProxyError::SearchFailed("a: down".into()),
-                502,
-                "UNAVAILABLE",
-            ),
-            (ProxyError::Denied("by rule r".into()), 403, "DENIED"),
-            (
-                ProxyError::TooManyRequests("too many upload sessions".into()),
-                429,
-                "TOOMANYREQUESTS",
-            ),
-            (
-                ProxyError::TagDeleteUnsupported {
-                    registry: "corp.example.com".into(),
-                },
-                400,
-                "UNSUPPORTED",
-            ),
-            (
-                ProxyError::RangeInvalid("starts at 10".into()),
-                416,
-                "BLOB_UPLOAD_INVALID",
-            ),
-        ];
-        for (err, status, code) in cases {
+    async fn every_variant_maps_to_its_status_code_and_an_oci_error_body() {
+        let cases = cases();
+        let covered: std::collections::BTreeSet<&str> =
+            cases.iter().map(|(e, ..)| variant(e)).collect();
+        let all: std::collections::BTreeSet<&str> = VARIANTS.iter().copied().collect();
+        assert_eq!(covered, all, "every ProxyError variant needs a case");
+        for (err, status, code, denial) in cases {
             let message = err.to_string();
+            assert_eq!(err.is_denial(), denial, "{message}");
             let resp = err.into_response();
             assert_eq!(resp.status().as_u16(), status, "{message}");
+            let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+            assert_eq!(
+                content_type.as_ref().map(|v| v.as_bytes()),
+                Some(&b"application/json"[..]),
+                "{message}"
+            );
             let json = body_json(resp).await;
-            assert_eq!(json["errors"][0]["code"], code, "{message}");
-            assert_eq!(json["errors"][0]["message"], message.as_str());
+            let errors = json["errors"].as_array().cloned().unwrap_or_default();
+            assert_eq!(errors.len(), 1, "{message}: {json}");
+            assert_eq!(errors[0]["code"], code, "{message}");
+            assert_eq!(errors[0]["message"], message.as_str());
         }
+    }
+
+    #[test]
+    fn a_denial_reads_exactly_as_clients_have_always_printed_it() {
+        assert_eq!(
+            denial(DenialAction::Deny).to_string(),
+            "registry.example.com/team/app:1: denied by rule no-app: app is retired"
+        );
+        assert_eq!(
+            denial(DenialAction::Confirm { within_minutes: 5 }).to_string(),
+            "registry.example.com/team/app:1: app is retired (rule no-app). \
+             To confirm, run the same command again within 5 minutes."
+        );
     }
 
     #[test]

@@ -327,6 +327,39 @@ fn with_library(registry: &str, repository: Repository) -> Repository {
     }
 }
 
+/// An image reference as a user types it: `name[:tag][@digest]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageReference {
+    pub name: Name,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl ImageReference {
+    /// The tag is after the last ':' that follows the last '/', so a registry port is never
+    /// read as a tag; the digest is after the '@'.
+    pub fn parse(s: &str) -> Result<ImageReference, NameError> {
+        let (rest, digest) = match s.split_once('@') {
+            Some((rest, digest)) => (rest, Some(digest.parse::<Digest>()?)),
+            None => (s, None),
+        };
+        let slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match rest[slash..].rfind(':') {
+            Some(colon) => {
+                let (name, tag) = (&rest[..slash + colon], &rest[slash + colon + 1..]);
+                validate_tag(tag)?;
+                (name, Some(tag.to_owned()))
+            }
+            None => (rest, None),
+        };
+        Ok(ImageReference {
+            name: Name::parse(name)?,
+            tag,
+            digest,
+        })
+    }
+}
+
 /// "registry/repository" as a user would type it fully qualified, e.g. "docker.io/library/fedora".
 pub fn fully_qualified(registry: &str, repo: &Repository) -> String {
     format!("{registry}/{repo}")
@@ -371,6 +404,40 @@ fn is_domain_component(c: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_references_split_into_name_tag_and_digest() {
+        let r = ImageReference::parse("localhost:5000/a:1").expect("parses");
+        assert_eq!(r.name.to_string(), "localhost:5000/a");
+        assert_eq!((r.tag.as_deref(), r.digest), (Some("1"), None));
+        let r = ImageReference::parse("a").expect("parses");
+        assert_eq!(
+            (r.name, r.tag, r.digest),
+            (Name::Short(Repository("a".into())), None, None)
+        );
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let r = ImageReference::parse(&format!("r.example:5000/a/b:1@{digest}")).expect("parses");
+        assert_eq!(r.name.to_string(), "r.example:5000/a/b");
+        assert_eq!(r.tag.as_deref(), Some("1"));
+        assert_eq!(r.digest.map(|d| d.to_string()), Some(digest.clone()));
+        let r = ImageReference::parse(&format!("a/b@{digest}")).expect("parses");
+        assert_eq!(
+            (r.tag, r.digest.map(|d| d.to_string())),
+            (None, Some(digest))
+        );
+        assert!(matches!(
+            ImageReference::parse("a/b@notadigest"),
+            Err(NameError::InvalidDigest(_))
+        ));
+        assert!(matches!(
+            ImageReference::parse("a:.bad"),
+            Err(NameError::InvalidTag(_))
+        ));
+        assert!(matches!(
+            ImageReference::parse("A:1"),
+            Err(NameError::InvalidName(_))
+        ));
+    }
 
     /// "[registry] repository" for a qualified name, "repository" for a short one.
     fn show(s: &str) -> Result<String, NameError> {

@@ -136,7 +136,7 @@ impl Resolver {
                         registry,
                         repository,
                     } => Ok(Plan::One(self.qualified(&registry, &repository)?)),
-                    ShortName::Ambiguous { message, .. } => Err(ProxyError::Denied(message)),
+                    ShortName::Ambiguous { message, .. } => Err(ProxyError::Refused(message)),
                     ShortName::Search(candidates) => Ok(Plan::Search(
                         candidates
                             .into_iter()

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use oci_spec::image::{ImageIndex, ImageManifest};
+use serde::Deserialize as _;
 use tracing::{info, warn};
 
 use crate::body::{boxed, empty, full, ProxyBody};
@@ -33,20 +35,9 @@ pub struct ManifestFacts {
     pub annotations: HashMap<String, String>,
 }
 
-#[derive(serde::Deserialize)]
-struct RawManifest {
-    config: Option<RawDescriptor>,
-    #[serde(default)]
-    layers: Vec<RawDescriptor>,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-}
-
-#[derive(serde::Deserialize)]
-struct RawDescriptor {
-    digest: String,
-}
-
+/// Image config labels as the config blob has them. Not oci-spec's `ImageConfiguration`: it
+/// requires `architecture`, `os` and `rootfs`, which no registry checks in a config blob, so a
+/// config without them would parse as "no labels" and slip past a label rule.
 #[derive(serde::Deserialize)]
 struct RawConfig {
     #[serde(default)]
@@ -60,17 +51,34 @@ struct RawImageConfig {
 }
 
 impl ManifestFacts {
-    /// An image manifest (OCI or docker v2). An index has no config or layers of its own.
+    /// An image manifest (OCI or docker v2 schema 2) or an index (OCI or docker manifest
+    /// list). An index has no config or layers of its own. The shape decides which it is: a
+    /// document with `config` or `layers` is read as an image manifest and must be one, so a
+    /// malformed image manifest cannot pass as an index with nothing to check.
     pub fn parse(bytes: &[u8]) -> Result<ManifestFacts, ProxyError> {
-        let raw: RawManifest = serde_json::from_slice(bytes)
-            .map_err(|e| ProxyError::BadRequest(format!("manifest is not valid JSON: {e}")))?;
-        let config = raw.config.map(|c| c.digest);
-        let mut blobs: Vec<String> = raw.layers.into_iter().map(|l| l.digest).collect();
-        blobs.extend(config.iter().cloned());
+        let invalid =
+            |e: serde_json::Error| ProxyError::BadRequest(format!("manifest is not valid: {e}"));
+        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+        let is_image = doc.get("config").is_some() || doc.get("layers").is_some();
+        if !is_image && doc.get("manifests").is_some() {
+            let index = ImageIndex::deserialize(&doc).map_err(invalid)?;
+            return Ok(ManifestFacts {
+                annotations: index.annotations().clone().unwrap_or_default(),
+                ..ManifestFacts::default()
+            });
+        }
+        let manifest = ImageManifest::deserialize(&doc).map_err(invalid)?;
+        let config = manifest.config().digest().to_string();
+        let mut blobs: Vec<String> = manifest
+            .layers()
+            .iter()
+            .map(|l| l.digest().to_string())
+            .collect();
+        blobs.push(config.clone());
         Ok(ManifestFacts {
-            config,
+            config: Some(config),
             blobs,
-            annotations: raw.annotations,
+            annotations: manifest.annotations().clone().unwrap_or_default(),
         })
     }
 }
@@ -452,7 +460,7 @@ impl Proxy {
         seen_content(&**store, policy.private_uses_provenance(), staged).map_err(|e| {
             self.metrics.policy_undecided.inc();
             warn!(error = %e, "provenance store failed; refusing the push it was asked about");
-            ProxyError::Denied(format!(
+            ProxyError::Refused(format!(
                 "push refused: the private-push rules cannot be evaluated ({e}); retry later or ask an administrator"
             ))
         })
@@ -609,19 +617,80 @@ impl Proxy {
 mod tests {
     use super::*;
 
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
     #[test]
     fn manifest_facts_name_config_layers_and_annotations() {
-        let m = br#"{"schemaVersion":2,"config":{"digest":"sha256:c","size":1},"layers":[{"digest":"sha256:a","size":1}],"annotations":{"k":"v"}}"#;
-        let facts = ManifestFacts::parse(m).expect("manifest");
-        assert_eq!(facts.config.as_deref(), Some("sha256:c"));
-        assert_eq!(facts.blobs, ["sha256:a", "sha256:c"]);
+        let (c, a) = (digest('c'), digest('a'));
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":1}},
+            "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{a}","size":1}}],
+            "annotations":{{"k":"v"}}}}"#
+        );
+        let facts = ManifestFacts::parse(m.as_bytes()).expect("manifest");
+        assert_eq!(facts.config.as_deref(), Some(c.as_str()));
+        assert_eq!(facts.blobs, [a, c]);
         assert_eq!(facts.annotations.get("k").map(String::as_str), Some("v"));
-        let index = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:x","size":1}]}"#;
+        assert!(ManifestFacts::parse(b"nope").is_err());
+    }
+
+    #[test]
+    fn docker_schema2_manifests_and_manifest_lists_parse() {
+        let (c, a, b) = (digest('c'), digest('a'), digest('b'));
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+            "config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":1469,"digest":"{c}"}},
+            "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":2,"digest":"{a}"}},
+                      {{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":3,"digest":"{b}"}}]}}"#
+        );
+        let facts = ManifestFacts::parse(m.as_bytes()).expect("docker manifest");
+        assert_eq!(facts.config.as_deref(), Some(c.as_str()));
+        assert_eq!(facts.blobs, [a, b, c.clone()]);
+        let list = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests":[{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":7,"digest":"{c}",
+            "platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#
+        );
         assert_eq!(
-            ManifestFacts::parse(index).expect("index"),
+            ManifestFacts::parse(list.as_bytes()).expect("manifest list"),
             ManifestFacts::default()
         );
-        assert!(ManifestFacts::parse(b"nope").is_err());
+    }
+
+    #[test]
+    fn an_index_keeps_its_annotations_and_has_no_blobs() {
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
+            "manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":1}}],
+            "annotations":{{"org.example.team":"core"}}}}"#,
+            digest('e')
+        );
+        let facts = ManifestFacts::parse(index.as_bytes()).expect("index");
+        assert!(facts.config.is_none() && facts.blobs.is_empty());
+        assert_eq!(
+            facts
+                .annotations
+                .get("org.example.team")
+                .map(String::as_str),
+            Some("core")
+        );
+    }
+
+    #[test]
+    fn a_malformed_image_manifest_is_refused_not_read_as_an_index() {
+        // `manifests` alongside a config without a digest: reading it as an index would
+        // check nothing.
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":1}},
+            "layers":[],"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":1}}]}}"#,
+            digest('e')
+        );
+        assert!(ManifestFacts::parse(m.as_bytes()).is_err());
+        let bad_digest = r#"{"schemaVersion":2,"config":{"mediaType":"a/b","digest":"sha256:c","size":1},"layers":[]}"#;
+        assert!(ManifestFacts::parse(bad_digest.as_bytes()).is_err());
     }
 
     struct Failing;

@@ -132,16 +132,33 @@ impl Gate {
         };
         let (action, result) = match d.action {
             Action::Allow => ("allow", Ok(Verdict::Allow)), // returned above
-            Action::Warn => ("warn", Ok(Verdict::Warn(format!("{reference}: {} (rule {rule})", d.message)))),
-            Action::Deny => ("deny", Err(ProxyError::Denied(format!("{reference}: denied by rule {rule}: {}", d.message)))),
+            Action::Warn => (
+                "warn",
+                Ok(Verdict::Warn(format!(
+                    "{reference}: {} (rule {rule})",
+                    d.message
+                ))),
+            ),
+            Action::Deny => (
+                "deny",
+                Err(ProxyError::Denied(crate::error::Denial {
+                    reference: reference.clone(),
+                    rule: rule.to_owned(),
+                    action: crate::error::DenialAction::Deny,
+                    message: d.message.clone(),
+                })),
+            ),
             Action::Confirm if self.confirmed(c) => ("confirmed", Ok(Verdict::Allow)),
             Action::Confirm => (
                 "confirm",
-                Err(ProxyError::Denied(format!(
-                    "{reference}: {} (rule {rule}). To confirm, run the same command again within {} minutes.",
-                    d.message,
-                    self.confirm_window.as_secs().div_ceil(60)
-                ))),
+                Err(ProxyError::Denied(crate::error::Denial {
+                    reference: reference.clone(),
+                    rule: rule.to_owned(),
+                    action: crate::error::DenialAction::Confirm {
+                        within_minutes: self.confirm_window.as_secs().div_ceil(60),
+                    },
+                    message: d.message.clone(),
+                })),
             ),
         };
         self.count(d.action, rule);

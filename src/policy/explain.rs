@@ -5,47 +5,12 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::policy::{Operation, Policy, ShortName, Subject};
-use crate::reference::{fully_qualified, Name, Reference};
+use crate::reference::{fully_qualified, ImageReference, Name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     #[error("{0}")]
     Name(#[from] crate::reference::NameError),
-}
-
-/// A reference split into its name, tag and digest.
-#[derive(Debug)]
-struct Parts<'a> {
-    name: &'a str,
-    tag: Option<String>,
-    digest: Option<String>,
-}
-
-/// Split `name[:tag][@digest]`.
-fn split(reference: &str) -> Result<Parts<'_>, ExplainError> {
-    let (rest, digest) = match reference.split_once('@') {
-        Some((rest, digest)) => match Reference::parse(digest)? {
-            Reference::Digest(d) => (rest, Some(d.to_string())),
-            Reference::Tag(t) => {
-                return Err(ExplainError::Name(
-                    crate::reference::NameError::InvalidDigest(t.to_string()),
-                ))
-            }
-        },
-        None => (reference, None),
-    };
-    let slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[slash..].rfind(':') {
-        Some(colon) => {
-            let at = slash + colon;
-            match Reference::parse(&rest[at + 1..])? {
-                Reference::Tag(t) => (&rest[..at], Some(t.to_string())),
-                Reference::Digest(d) => (&rest[..at], Some(d.to_string())),
-            }
-        }
-        None => (rest, None),
-    };
-    Ok(Parts { name, tag, digest })
 }
 
 pub fn explain(
@@ -54,15 +19,15 @@ pub fn explain(
     op: Operation,
     reference: &str,
 ) -> Result<String, ExplainError> {
-    let parts = split(reference)?;
-    let name = parts.name;
+    let parts = ImageReference::parse(reference)?;
+    let name = &parts.name;
     // A bare name is its `latest` tag; `name@digest` has no tag, as a pull by digest.
     let tag = match (&parts.tag, &parts.digest) {
         (Some(t), _) => Some(t.as_str()),
         (None, Some(_)) => None,
         (None, None) => Some("latest"),
     };
-    let digest = parts.digest.as_deref();
+    let digest = parts.digest.as_ref().map(|d| d.as_str());
     let mut out = String::new();
     if tag.is_some() && digest.is_none() && policy.has_digest_rules() {
         let _ = writeln!(
@@ -71,7 +36,7 @@ pub fn explain(
              give name:tag@digest to include them"
         );
     }
-    let candidates: Vec<(String, String)> = match Name::parse(name)? {
+    let candidates: Vec<(String, String)> = match name.clone() {
         Name::Qualified {
             registry,
             repository,
@@ -129,31 +94,6 @@ pub fn explain(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_split_into_name_tag_and_digest() {
-        let p = split("localhost:5000/a:1").expect("split");
-        assert_eq!(
-            (p.name, p.tag.as_deref(), p.digest),
-            ("localhost:5000/a", Some("1"), None)
-        );
-        let p = split("a").expect("split");
-        assert_eq!((p.name, p.tag, p.digest), ("a", None, None));
-        let digest = format!("sha256:{}", "a".repeat(64));
-        let by_digest = format!("a/b@{digest}");
-        let p = split(&by_digest).expect("split");
-        assert_eq!(
-            (p.name, p.tag, p.digest.as_deref()),
-            ("a/b", None, Some(digest.as_str()))
-        );
-        let both = format!("r.example:5000/a/b:1@{digest}");
-        let p = split(&both).expect("split");
-        assert_eq!(
-            (p.name, p.tag.as_deref(), p.digest.as_deref()),
-            ("r.example:5000/a/b", Some("1"), Some(digest.as_str()))
-        );
-        assert!(split("a/b@notadigest").is_err());
-    }
 
     #[test]
     fn a_digest_rule_is_explained_for_the_tag_that_serves_it() {

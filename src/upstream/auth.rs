@@ -26,68 +26,52 @@ pub enum Challenge {
 }
 
 impl Challenge {
-    /// Parse a `WWW-Authenticate` header value. Unknown schemes are `None`: we cannot answer them.
+    /// The challenge portcullis answers among every challenge of one `WWW-Authenticate`
+    /// value: Bearer (with a realm) before Basic. Unknown schemes cannot be answered and are
+    /// passed over.
     pub fn parse(value: &str) -> Option<Challenge> {
-        let value = value.trim();
-        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-        if scheme.eq_ignore_ascii_case("basic") {
-            return Some(Challenge::Basic);
-        }
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        let params = parse_params(rest);
-        let get = |k: &str| {
-            params
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v.clone())
-        };
-        Some(Challenge::Bearer {
-            realm: get("realm")?,
-            service: get("service"),
-            scope: get("scope"),
-        })
+        Challenge::best([value])
     }
-}
 
-/// `key="quoted, value", key2=token` as in RFC 7235 auth-params.
-fn parse_params(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = s.trim_start();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key.trim().trim_start_matches(',').trim().to_owned();
-        let after = after.trim_start();
-        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            let mut value = String::new();
-            let mut chars = quoted.char_indices();
-            let mut end = quoted.len();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, escaped)) = chars.next() {
-                            value.push(escaped);
-                        }
+    /// [`Challenge::parse`] over every `WWW-Authenticate` header of a response: a registry
+    /// may send Basic in one header and Bearer in another, in either order.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Challenge> {
+        Challenge::best(
+            headers
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+    }
+
+    fn best<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Challenge> {
+        let mut basic = false;
+        for value in values {
+            // A syntax error ends the value: what precedes it was well formed, what follows
+            // cannot be told apart from the error.
+            for challenge in http_auth::parser::ChallengeParser::new(value).map_while(Result::ok) {
+                if challenge.scheme.eq_ignore_ascii_case("basic") {
+                    basic = true;
+                } else if challenge.scheme.eq_ignore_ascii_case("bearer") {
+                    let get = |k: &str| {
+                        challenge
+                            .params
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                            .map(|(_, v)| v.to_unescaped())
+                    };
+                    if let Some(realm) = get("realm") {
+                        return Some(Challenge::Bearer {
+                            realm,
+                            service: get("service"),
+                            scope: get("scope"),
+                        });
                     }
-                    '"' => {
-                        end = i + 1;
-                        break;
-                    }
-                    c => value.push(c),
                 }
             }
-            (value, &quoted[end.min(quoted.len())..])
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (after[..end].trim().to_owned(), &after[end..])
-        };
-        out.push((key, value));
-        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+        }
+        basic.then_some(Challenge::Basic)
     }
-    out
 }
 
 /// Who a request is made as. The token cache is keyed by this, so one client's token is
@@ -284,6 +268,89 @@ mod tests {
                 service: None,
                 scope: None
             })
+        );
+    }
+
+    fn bearer(realm: &str, service: Option<&str>, scope: Option<&str>) -> Option<Challenge> {
+        Some(Challenge::Bearer {
+            realm: realm.into(),
+            service: service.map(Into::into),
+            scope: scope.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn bearer_is_preferred_to_basic_in_one_header_whichever_comes_first() {
+        let hub =
+            r#"realm="https://auth.example.com/token",service="reg",scope="repository:a:pull""#;
+        let want = bearer(
+            "https://auth.example.com/token",
+            Some("reg"),
+            Some("repository:a:pull"),
+        );
+        assert_eq!(
+            Challenge::parse(&format!(r#"Basic realm="Registry", Bearer {hub}"#)),
+            want
+        );
+        assert_eq!(
+            Challenge::parse(&format!(r#"Bearer {hub}, Basic realm="Registry""#)),
+            want
+        );
+    }
+
+    #[test]
+    fn an_unknown_scheme_before_bearer_is_passed_over() {
+        assert_eq!(
+            Challenge::parse(
+                r#"Newauth realm="apps", type=1, title="Login to \"apps\"", Bearer realm="https://t/x""#
+            ),
+            bearer("https://t/x", None, None)
+        );
+        assert_eq!(
+            Challenge::parse(r#"Negotiate, Basic realm="r""#),
+            Some(Challenge::Basic)
+        );
+    }
+
+    #[test]
+    fn quoted_commas_and_escaped_quotes_stay_inside_their_parameter() {
+        assert_eq!(
+            Challenge::parse(
+                r#"Basic realm="a, Bearer realm=\"x\"", Bearer realm="https://t/\"q\"", scope="repository:a:pull,push""#
+            ),
+            bearer("https://t/\"q\"", None, Some("repository:a:pull,push"))
+        );
+    }
+
+    #[test]
+    fn every_www_authenticate_header_of_a_response_is_read() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="Registry""#),
+        );
+        headers.append(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="https://t/token",service="s""#),
+        );
+        assert_eq!(
+            Challenge::from_headers(&headers),
+            bearer("https://t/token", Some("s"), None)
+        );
+        let mut basic_only = http::HeaderMap::new();
+        basic_only.append(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Basic realm="Registry""#),
+        );
+        assert_eq!(Challenge::from_headers(&basic_only), Some(Challenge::Basic));
+        assert_eq!(Challenge::from_headers(&http::HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_bearer_without_a_realm_leaves_basic_to_answer() {
+        assert_eq!(
+            Challenge::parse(r#"Bearer service="x", Basic realm="r""#),
+            Some(Challenge::Basic)
         );
     }
 

@@ -279,11 +279,7 @@ impl Upstream {
             Some((method, headers)) if resp.status() == StatusCode::UNAUTHORIZED => {
                 // The cached token may have expired or lack the scope this request needs:
                 // learn from this challenge and try once more.
-                let fresh = resp
-                    .headers()
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(Challenge::parse);
+                let fresh = Challenge::from_headers(resp.headers());
                 match fresh {
                     Some(ch) if ch != Challenge::Basic || out.identity != Identity::Anonymous => {
                         let scopes = match &ch {
@@ -398,12 +394,9 @@ impl Upstream {
                     .request(Method::GET, uri, HeaderMap::new(), empty(), None)
                     .await?;
                 let challenge = match resp.status() {
-                    StatusCode::UNAUTHORIZED => resp
-                        .headers()
-                        .get(header::WWW_AUTHENTICATE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(Challenge::parse)
-                        .unwrap_or(Challenge::Basic),
+                    StatusCode::UNAUTHORIZED => {
+                        Challenge::from_headers(resp.headers()).unwrap_or(Challenge::Basic)
+                    }
                     s if s.is_server_error() => {
                         return Err(UpstreamError::Status {
                             registry: self.config.host.clone(),
