@@ -1,7 +1,7 @@
 //! Server configuration: raw TOML structs checked into a [`Config`].
 //!
-//! Parsing is two-staged so that an operator sees every problem at once: serde rejects
-//! syntax errors and unknown keys (with line and column), then [`Config::from_raw`] checks
+//! Parsing is two-staged so that an operator sees every problem at once: syntax errors and
+//! every unknown key (walked against [`SCHEMA`], with line and key path), then the checker
 //! meaning (unknown registries, bad URLs, missing credential sources) and reports each
 //! problem with its key and line before giving up.
 
@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::toml_check::{line_of, unknown_keys, Kind, Node, Schema};
 
 use crate::reference::{normalize_registry, Name, DOCKER_HUB};
 
@@ -36,22 +38,119 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
-/// One configuration problem, located by file, line and key.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    pub file: String,
-    pub line: Option<usize>,
-    pub key: String,
-    pub message: String,
-}
+/// One configuration problem, located by file, line and key; the type policies share.
+pub use crate::toml_check::Problem;
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}: {}", self.file, line, self.key, self.message),
-            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
+/// The keys each table may hold, for [`unknown_keys`]: every unknown key is reported at once,
+/// where serde's `deny_unknown_fields` (kept on the raw structs as a backstop) stops at the
+/// first. `[aliases]` is free-form. A key
+/// missing here but kept by a struct is reported unknown, so the two cannot drift open.
+const SCHEMA: Schema = &[
+    (
+        "",
+        &[
+            "state_dir",
+            "listen",
+            "tls",
+            "resolve",
+            "aliases",
+            "cache",
+            "limits",
+            "forward",
+            "policy",
+            "registry",
+        ],
+    ),
+    (
+        "listen",
+        &["registry", "admin", "admin_token_file", "proxy", "mirror"],
+    ),
+    (
+        "forward",
+        &[
+            "docker_hub_search",
+            "tunnel_hosts",
+            "proxy_auth",
+            "leaf_validity_hours",
+        ],
+    ),
+    ("forward.proxy_auth", CREDENTIAL_KEYS),
+    ("tls", &["cert_file", "key_file", "names"]),
+    (
+        "resolve",
+        &[
+            "search",
+            "push",
+            "cache_ttl_secs",
+            "search_timeout_secs",
+            "catalog_ttl_secs",
+        ],
+    ),
+    (
+        "policy",
+        &[
+            "paths",
+            "audit_log",
+            "confirm_window_secs",
+            "reload_interval_ms",
+            "staging_max_bytes",
+            "staging_max_sessions",
+            "staging_max_sessions_per_client",
+            "staging_idle_session_secs",
+            "provenance_max_entries",
+        ],
+    ),
+    ("cache", &["manifest_bytes"]),
+    (
+        "limits",
+        &[
+            "max_connections",
+            "max_header_bytes",
+            "tls_handshake_timeout_secs",
+            "header_read_timeout_secs",
+            "idle_timeout_secs",
+            "drain_timeout_secs",
+        ],
+    ),
+    (
+        "registry",
+        &[
+            "host",
+            "endpoint",
+            "ca_file",
+            "insecure_skip_verify",
+            "credentials",
+            "pass_client_credentials",
+            "token_hosts",
+            "redirect_hosts",
+            "search",
+            "search_endpoint",
+            "connect_timeout_secs",
+            "response_timeout_secs",
+            "idle_timeout_secs",
+            "body_timeout_secs",
+            "max_idle_connections",
+        ],
+    ),
+    ("registry.credentials", CREDENTIAL_KEYS),
+];
+const CREDENTIAL_KEYS: &[&str] = &["username", "password_file", "password_env"];
+
+/// A `[[registry]]` in key paths: by its host, as the semantic checks name it, else by place.
+fn registry_label(_path: &str, index: usize, item: &Node) -> String {
+    if let Kind::Table(entries) = &item.kind {
+        if let Some((
+            _,
+            Node {
+                kind: Kind::Str(host),
+                ..
+            },
+        )) = entries.iter().find(|(k, _)| k.name == "host")
+        {
+            return host.clone();
         }
     }
+    format!("#{}", index + 1)
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -374,18 +473,32 @@ impl Config {
         file: &str,
         resolve_path: impl Fn(&Path) -> Option<PathBuf>,
     ) -> Result<Config, Vec<Problem>> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let root = crate::toml_check::parse(text).map_err(|(span, message)| {
             vec![Problem {
                 file: file.to_owned(),
-                line: e.span().map(|s| line_of(text, s.start)),
+                line: span.map(|s| line_of(text, s.start)),
                 key: "syntax".to_owned(),
-                message: e.message().to_owned(),
+                message,
             }]
         })?;
+        let unknown = unknown_keys(file, text, &root, SCHEMA, &registry_label);
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            // With unknown keys, serde stopped at the first; the walk has them all.
+            Err(_) if !unknown.is_empty() => return Err(unknown),
+            Err(e) => {
+                return Err(vec![Problem {
+                    file: file.to_owned(),
+                    line: e.span().map(|s| line_of(text, s.start)),
+                    key: "syntax".to_owned(),
+                    message: e.message().to_owned(),
+                }])
+            }
+        };
         let mut check = Checker {
             file,
             text,
-            problems: Vec::new(),
+            problems: unknown,
         };
         let config = check.config(raw, &resolve_path);
         if check.problems.is_empty() {
@@ -411,14 +524,6 @@ fn tunnel_host(entry: &str) -> String {
         }
         _ => format!("{entry}:443"),
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
 }
 
 struct Checker<'a> {
@@ -1037,6 +1142,38 @@ mod tests {
         assert_eq!(err.len(), 1);
         assert_eq!(err[0].line, Some(3));
         assert!(err[0].message.contains("bogus"), "{}", err[0]);
+    }
+
+    #[test]
+    fn every_unknown_key_in_every_table_is_reported_at_once_with_line_and_key() {
+        let text = "colour = \"blue\"\n\
+                    [listen]\nregistry = \"127.0.0.1:1\"\nbogus = 1\n\
+                    [[registry]]\nhost = \"registry.example.com\"\ntimeout = 5\n\
+                    credentials = { username = \"u\", pasword_env = \"X\" }\n";
+        let err = parse(text).unwrap_err();
+        let found: Vec<(Option<usize>, &str)> =
+            err.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (Some(1), "colour"),
+                (Some(4), "listen.bogus"),
+                (Some(7), "registry[registry.example.com].timeout"),
+                (
+                    Some(8),
+                    "registry[registry.example.com].credentials.pasword_env"
+                ),
+            ],
+            "{err:#?}"
+        );
+        assert!(err.iter().all(|p| p.message.contains("unknown key")));
+        assert!(
+            err[1]
+                .to_string()
+                .starts_with("test.toml:4: listen.bogus: unknown key"),
+            "{}",
+            err[1]
+        );
     }
 
     #[test]
