@@ -221,9 +221,9 @@ struct RawResolve {
 struct RawPolicy {
     paths: Option<Vec<PathBuf>>,
     audit_log: Option<PathBuf>,
-    confirm_window_secs: Option<u64>,
-    reload_interval_ms: Option<u64>,
-    staging_max_bytes: Option<u64>,
+    confirm_window_secs: Option<Spanned<u64>>,
+    reload_interval_ms: Option<Spanned<u64>>,
+    staging_max_bytes: Option<Spanned<u64>>,
     staging_max_sessions: Option<Spanned<u64>>,
     staging_max_sessions_per_client: Option<Spanned<u64>>,
     staging_idle_session_secs: Option<Spanned<u64>>,
@@ -233,7 +233,7 @@ struct RawPolicy {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
-    manifest_bytes: Option<u64>,
+    manifest_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -266,7 +266,7 @@ struct RawRegistry {
     response_timeout_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
     body_timeout_secs: Option<Spanned<u64>>,
-    max_idle_connections: Option<usize>,
+    max_idle_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -504,6 +504,8 @@ impl Config {
         if check.problems.is_empty() {
             Ok(config)
         } else {
+            // Top to bottom, as an operator fixes a file.
+            check.problems.sort_by_key(|p| p.line);
             Err(check.problems)
         }
     }
@@ -754,13 +756,27 @@ impl Checker<'_> {
                     .map(path)
                     .collect(),
                 audit_log: raw.policy.audit_log.map(path),
-                confirm_window: Duration::from_secs(
-                    raw.policy.confirm_window_secs.unwrap_or(600).max(10),
+                confirm_window: self.secs(
+                    raw.policy.confirm_window_secs,
+                    "policy.confirm_window_secs",
+                    10..=86_400,
+                    600,
                 ),
-                reload_interval: Duration::from_millis(
-                    raw.policy.reload_interval_ms.unwrap_or(1000).max(100),
+                reload_interval: Duration::from_millis(self.within(
+                    raw.policy.reload_interval_ms,
+                    "policy.reload_interval_ms",
+                    100,
+                    3_600_000,
+                    1000,
+                )),
+                // A staging area under a megabyte could not hold one layer.
+                staging_max_bytes: self.within(
+                    raw.policy.staging_max_bytes,
+                    "policy.staging_max_bytes",
+                    1 << 20,
+                    1 << 44,
+                    10 << 30,
                 ),
-                staging_max_bytes: raw.policy.staging_max_bytes.unwrap_or(10 << 30),
                 staging_max_sessions: usize::try_from(staging_max_sessions).unwrap_or(1024),
                 staging_max_sessions_per_client: usize::try_from(staging_max_sessions_per_client)
                     .unwrap_or(64),
@@ -798,7 +814,13 @@ impl Checker<'_> {
                 ),
             },
             cache: CacheConfig {
-                manifest_bytes: raw.cache.manifest_bytes.unwrap_or(64 * 1024 * 1024),
+                manifest_bytes: self.within(
+                    raw.cache.manifest_bytes,
+                    "cache.manifest_bytes",
+                    0,
+                    1 << 34,
+                    64 * 1024 * 1024,
+                ),
             },
             limits: self.limits(raw.limits),
             registries,
@@ -1113,7 +1135,14 @@ impl Checker<'_> {
                 1..=86_400,
                 60,
             ),
-            max_idle_connections: r.max_idle_connections.unwrap_or(1024),
+            max_idle_connections: usize::try_from(self.within(
+                r.max_idle_connections,
+                &format!("{key}.max_idle_connections"),
+                0,
+                65_536,
+                1024,
+            ))
+            .unwrap_or(1024),
         })
     }
 }
@@ -1258,6 +1287,34 @@ credentials = { username = "u", password_env = "PORTCULLIS_TEST_UNSET_VAR" }
             ok.registries["registry.example.com"].response_timeout,
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn policy_cache_and_pool_settings_are_range_checked_not_clamped() {
+        let text =
+            "[policy]\nconfirm_window_secs = 1\nreload_interval_ms = 5\nstaging_max_bytes = 10\n\
+                    [cache]\nmanifest_bytes = 99999999999999\n\
+                    [[registry]]\nhost = \"docker.io\"\nmax_idle_connections = 100000\n";
+        let err = parse(text).unwrap_err();
+        let found: Vec<(Option<usize>, &str)> =
+            err.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (Some(2), "policy.confirm_window_secs"),
+                (Some(3), "policy.reload_interval_ms"),
+                (Some(4), "policy.staging_max_bytes"),
+                (Some(6), "cache.manifest_bytes"),
+                (Some(9), "registry[docker.io].max_idle_connections"),
+            ],
+            "{err:#?}"
+        );
+        assert!(err.iter().all(|p| p.message.contains("is not between")));
+        let c = parse("[policy]\nconfirm_window_secs = 10\nreload_interval_ms = 100\n[cache]\nmanifest_bytes = 0\n")
+            .expect("in range");
+        assert_eq!(c.policy.confirm_window, Duration::from_secs(10));
+        assert_eq!(c.policy.reload_interval, Duration::from_millis(100));
+        assert_eq!(c.cache.manifest_bytes, 0);
     }
 
     #[test]
