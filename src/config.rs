@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::toml_check::{line_of, unknown_keys, Kind, Node, Schema};
+use toml::de::{DeTable, DeValue};
+
+use crate::toml_check::{line_of, strip_unknown_keys, Schema};
 
 use crate::reference::{normalize_registry, Name, DOCKER_HUB};
 
@@ -137,20 +139,11 @@ const SCHEMA: Schema = &[
 const CREDENTIAL_KEYS: &[&str] = &["username", "password_file", "password_env"];
 
 /// A `[[registry]]` in key paths: by its host, as the semantic checks name it, else by place.
-fn registry_label(_path: &str, index: usize, item: &Node) -> String {
-    if let Kind::Table(entries) = &item.kind {
-        if let Some((
-            _,
-            Node {
-                kind: Kind::Str(host),
-                ..
-            },
-        )) = entries.iter().find(|(k, _)| k.name == "host")
-        {
-            return host.clone();
-        }
+fn registry_label(_path: &str, index: usize, item: &DeTable<'_>) -> String {
+    match item.get("host").map(|h| h.get_ref()) {
+        Some(DeValue::String(host)) => host.to_string(),
+        _ => format!("#{}", index + 1),
     }
-    format!("#{}", index + 1)
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -473,26 +466,25 @@ impl Config {
         file: &str,
         resolve_path: impl Fn(&Path) -> Option<PathBuf>,
     ) -> Result<Config, Vec<Problem>> {
-        let root = crate::toml_check::parse(text).map_err(|(span, message)| {
+        let syntax = |span: Option<std::ops::Range<usize>>, message: String| {
             vec![Problem {
                 file: file.to_owned(),
                 line: span.map(|s| line_of(text, s.start)),
                 key: "syntax".to_owned(),
                 message,
             }]
-        })?;
-        let unknown = unknown_keys(file, text, &root, SCHEMA, &registry_label);
-        let raw: RawConfig = match toml::from_str(text) {
+        };
+        let mut root =
+            DeTable::parse(text).map_err(|e| syntax(e.span(), e.message().to_owned()))?;
+        let unknown = strip_unknown_keys(file, text, root.get_mut(), SCHEMA, &registry_label);
+        // Without its unknown keys the document still yields every other problem.
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(root))
+            .map_err(|e| syntax(e.span(), e.message().to_owned()));
+        let raw = match raw {
             Ok(raw) => raw,
-            // With unknown keys, serde stopped at the first; the walk has them all.
-            Err(_) if !unknown.is_empty() => return Err(unknown),
-            Err(e) => {
-                return Err(vec![Problem {
-                    file: file.to_owned(),
-                    line: e.span().map(|s| line_of(text, s.start)),
-                    key: "syntax".to_owned(),
-                    message: e.message().to_owned(),
-                }])
+            Err(mut problems) => {
+                problems.splice(0..0, unknown);
+                return Err(problems);
             }
         };
         let mut check = Checker {
@@ -1180,8 +1172,11 @@ mod tests {
                     [[registry]]\nhost = \"registry.example.com\"\ntimeout = 5\n\
                     credentials = { username = \"u\", pasword_env = \"X\" }\n";
         let err = parse(text).unwrap_err();
-        let found: Vec<(Option<usize>, &str)> =
-            err.iter().map(|p| (p.line, p.key.as_str())).collect();
+        let found: Vec<(Option<usize>, &str)> = err
+            .iter()
+            .filter(|p| p.message.contains("unknown key"))
+            .map(|p| (p.line, p.key.as_str()))
+            .collect();
         assert_eq!(
             found,
             [
@@ -1195,7 +1190,14 @@ mod tests {
             ],
             "{err:#?}"
         );
-        assert!(err.iter().all(|p| p.message.contains("unknown key")));
+        // The rest of the file is still checked: without the misspelt key, no password source.
+        assert!(
+            err.iter()
+                .any(|p| p.key == "registry[registry.example.com].credentials"
+                    && p.message
+                        .contains("exactly one of password_file or password_env")),
+            "{err:#?}"
+        );
         assert!(
             err[1]
                 .to_string()

@@ -1,10 +1,12 @@
 //! What the configuration and policy checkers share: a TOML document as a tree of values with
 //! their spans ([`tree`]), spans turned into line numbers ([`Lines`]), the walk that finds
-//! every unknown key at once ([`unknown_keys`]) and the one [`Problem`] type they report.
+//! and removes every unknown key at once ([`strip_unknown_keys`]) and the one [`Problem`] type they report.
 
 mod tree;
 
 use std::fmt;
+
+use toml::de::{DeTable, DeValue};
 
 pub(crate) use tree::{parse, Key, Kind, Node};
 
@@ -65,15 +67,17 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 /// is not listed holds free-form keys (`[aliases]`).
 pub(crate) type Schema = &'static [(&'static str, &'static [&'static str])];
 
-/// Every key of `root` that `schema` does not know, each as a problem with its line and key
-/// path, in document order. `label` names an element of an array of tables in key paths
-/// (`registry[docker.io]`); given the element, it returns what goes between the brackets.
-pub(crate) fn unknown_keys(
+/// Removes every key of `root` that `schema` does not know and reports each as a problem
+/// with its line and key path, in document order. What is left can be deserialized with
+/// serde's `deny_unknown_fields` as a backstop and still yield every other problem. `label`
+/// names an element of an array of tables in key paths (`registry[docker.io]`); given the
+/// schema path, the element's place and the element, it returns what goes in the brackets.
+pub(crate) fn strip_unknown_keys(
     file: &str,
     text: &str,
-    root: &Node,
+    root: &mut DeTable<'_>,
     schema: Schema,
-    label: &dyn Fn(&str, usize, &Node) -> String,
+    label: &dyn Fn(&str, usize, &DeTable<'_>) -> String,
 ) -> Vec<Problem> {
     let mut walk = Walk {
         file,
@@ -83,6 +87,7 @@ pub(crate) fn unknown_keys(
         problems: Vec::new(),
     };
     walk.table(root, "", "");
+    walk.problems.sort_by_key(|p| p.line);
     walk.problems
 }
 
@@ -90,48 +95,51 @@ struct Walk<'a> {
     file: &'a str,
     lines: Lines,
     schema: Schema,
-    label: &'a dyn Fn(&str, usize, &Node) -> String,
+    label: &'a dyn Fn(&str, usize, &DeTable<'_>) -> String,
     problems: Vec<Problem>,
+}
+
+fn join(base: &str, key: &str) -> String {
+    if base.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{base}.{key}")
+    }
 }
 
 impl Walk<'_> {
     /// `path` is the schema path, `shown` the key path as problems show it.
-    fn table(&mut self, node: &Node, path: &str, shown: &str) {
-        let Kind::Table(entries) = &node.kind else {
-            return;
-        };
+    fn table(&mut self, table: &mut DeTable<'_>, path: &str, shown: &str) {
         let Some((_, known)) = self.schema.iter().find(|(p, _)| *p == path) else {
             return;
         };
-        for (key, value) in entries {
-            let join = |base: &str| {
-                if base.is_empty() {
-                    key.name.clone()
-                } else {
-                    format!("{base}.{}", key.name)
-                }
-            };
-            let (child_path, child_shown) = (join(path), join(shown));
-            if !known.contains(&key.name.as_str()) {
-                let span = key.span.as_ref().or(value.span.as_ref());
+        let mut unknown = Vec::new();
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if !known.contains(&name) {
+                unknown.push(name.to_owned());
                 self.problems.push(Problem {
                     file: self.file.to_owned(),
-                    line: span.map(|s| self.lines.line(s.start)),
-                    key: child_shown,
-                    message: format!(
-                        "unknown key {:?} (known here: {})",
-                        key.name,
-                        known.join(", ")
-                    ),
+                    line: Some(self.lines.line(key.span().start)),
+                    key: join(shown, name),
+                    message: format!("unknown key {name:?} (known here: {})", known.join(", ")),
                 });
-                continue;
             }
-            match &value.kind {
-                Kind::Table(_) => self.table(value, &child_path, &child_shown),
-                Kind::Array(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        let label = (self.label)(&child_path, i, item);
-                        self.table(item, &child_path, &format!("{child_shown}[{label}]"));
+        }
+        for name in &unknown {
+            table.remove(name.as_str());
+        }
+        for (key, value) in table.iter_mut() {
+            let name: &str = key.get_ref();
+            let (child_path, child_shown) = (join(path, name), join(shown, name));
+            match value.get_mut() {
+                DeValue::Table(t) => self.table(t, &child_path, &child_shown),
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        if let DeValue::Table(t) = item.get_mut() {
+                            let label = (self.label)(&child_path, i, t);
+                            self.table(t, &child_path, &format!("{child_shown}[{label}]"));
+                        }
                     }
                 }
                 _ => {}
@@ -167,12 +175,14 @@ mod tests {
     fn every_unknown_key_is_found_in_every_table_with_its_line() {
         const SCHEMA: Schema = &[("", &["a", "t", "r"]), ("t", &["x"]), ("r", &["name"])];
         let text = "a = 1\nb = 2\n[t]\nx = 1\ny = 2\n[[r]]\nname = \"one\"\nz = 3\n";
-        let root = parse(text).expect("valid TOML");
-        let label = |_: &str, i: usize, _: &Node| i.to_string();
-        let found: Vec<String> = unknown_keys("f.toml", text, &root, SCHEMA, &label)
+        let mut root = DeTable::parse(text).expect("valid TOML").into_inner();
+        let label = |_: &str, i: usize, _: &DeTable<'_>| i.to_string();
+        let found: Vec<String> = strip_unknown_keys("f.toml", text, &mut root, SCHEMA, &label)
             .iter()
             .map(|p| format!("{}:{}", p.line.unwrap_or(0), p.key))
             .collect();
         assert_eq!(found, ["2:b", "5:t.y", "8:r[0].z"]);
+        let left: Vec<&str> = root.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
+        assert_eq!(left, ["a", "r", "t"], "unknown keys are removed");
     }
 }
