@@ -1,7 +1,7 @@
 //! Server configuration: raw TOML structs checked into a [`Config`].
 //!
-//! Parsing is two-staged so that an operator sees every problem at once: serde rejects
-//! syntax errors and unknown keys (with line and column), then [`Config::from_raw`] checks
+//! Parsing is two-staged so that an operator sees every problem at once: syntax errors and
+//! every unknown key (walked against [`SCHEMA`], with line and key path), then the checker
 //! meaning (unknown registries, bad URLs, missing credential sources) and reports each
 //! problem with its key and line before giving up.
 
@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use toml::de::{DeTable, DeValue};
+
+use crate::toml_check::{line_of, strip_unknown_keys, Schema};
 
 use crate::reference::{normalize_registry, Name, DOCKER_HUB};
 
@@ -36,21 +40,109 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
-/// One configuration problem, located by file, line and key.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    pub file: String,
-    pub line: Option<usize>,
-    pub key: String,
-    pub message: String,
-}
+/// One configuration problem, located by file, line and key; the type policies share.
+pub use crate::toml_check::Problem;
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}: {}", self.file, line, self.key, self.message),
-            None => write!(f, "{}: {}: {}", self.file, self.key, self.message),
-        }
+/// The keys each table may hold, for [`unknown_keys`]: every unknown key is reported at once,
+/// where serde's `deny_unknown_fields` (kept on the raw structs as a backstop) stops at the
+/// first. `[aliases]` is free-form. A key
+/// missing here but kept by a struct is reported unknown, so the two cannot drift open.
+const SCHEMA: Schema = &[
+    (
+        "",
+        &[
+            "state_dir",
+            "listen",
+            "tls",
+            "resolve",
+            "aliases",
+            "cache",
+            "limits",
+            "forward",
+            "policy",
+            "registry",
+        ],
+    ),
+    (
+        "listen",
+        &["registry", "admin", "admin_token_file", "proxy", "mirror"],
+    ),
+    (
+        "forward",
+        &[
+            "docker_hub_search",
+            "tunnel_hosts",
+            "proxy_auth",
+            "leaf_validity_hours",
+        ],
+    ),
+    ("forward.proxy_auth", CREDENTIAL_KEYS),
+    ("tls", &["cert_file", "key_file", "names"]),
+    (
+        "resolve",
+        &[
+            "search",
+            "push",
+            "cache_ttl_secs",
+            "search_timeout_secs",
+            "catalog_ttl_secs",
+        ],
+    ),
+    (
+        "policy",
+        &[
+            "paths",
+            "audit_log",
+            "confirm_window_secs",
+            "reload_interval_ms",
+            "staging_max_bytes",
+            "staging_max_sessions",
+            "staging_max_sessions_per_client",
+            "staging_idle_session_secs",
+            "provenance_max_entries",
+        ],
+    ),
+    ("cache", &["manifest_bytes"]),
+    (
+        "limits",
+        &[
+            "max_connections",
+            "max_header_bytes",
+            "tls_handshake_timeout_secs",
+            "header_read_timeout_secs",
+            "idle_timeout_secs",
+            "drain_timeout_secs",
+        ],
+    ),
+    (
+        "registry",
+        &[
+            "host",
+            "endpoint",
+            "ca_file",
+            "insecure_skip_verify",
+            "credentials",
+            "pass_client_credentials",
+            "token_hosts",
+            "redirect_hosts",
+            "search",
+            "search_endpoint",
+            "connect_timeout_secs",
+            "response_timeout_secs",
+            "idle_timeout_secs",
+            "body_timeout_secs",
+            "max_idle_connections",
+        ],
+    ),
+    ("registry.credentials", CREDENTIAL_KEYS),
+];
+const CREDENTIAL_KEYS: &[&str] = &["username", "password_file", "password_env"];
+
+/// A `[[registry]]` in key paths: by its host, as the semantic checks name it, else by place.
+fn registry_label(_path: &str, index: usize, item: &DeTable<'_>) -> String {
+    match item.get("host").map(|h| h.get_ref()) {
+        Some(DeValue::String(host)) => host.to_string(),
+        _ => format!("#{}", index + 1),
     }
 }
 
@@ -122,9 +214,9 @@ struct RawResolve {
 struct RawPolicy {
     paths: Option<Vec<PathBuf>>,
     audit_log: Option<PathBuf>,
-    confirm_window_secs: Option<u64>,
-    reload_interval_ms: Option<u64>,
-    staging_max_bytes: Option<u64>,
+    confirm_window_secs: Option<Spanned<u64>>,
+    reload_interval_ms: Option<Spanned<u64>>,
+    staging_max_bytes: Option<Spanned<u64>>,
     staging_max_sessions: Option<Spanned<u64>>,
     staging_max_sessions_per_client: Option<Spanned<u64>>,
     staging_idle_session_secs: Option<Spanned<u64>>,
@@ -134,7 +226,7 @@ struct RawPolicy {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
-    manifest_bytes: Option<u64>,
+    manifest_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -167,7 +259,7 @@ struct RawRegistry {
     response_timeout_secs: Option<Spanned<u64>>,
     idle_timeout_secs: Option<Spanned<u64>>,
     body_timeout_secs: Option<Spanned<u64>>,
-    max_idle_connections: Option<usize>,
+    max_idle_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,23 +466,38 @@ impl Config {
         file: &str,
         resolve_path: impl Fn(&Path) -> Option<PathBuf>,
     ) -> Result<Config, Vec<Problem>> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let syntax = |span: Option<std::ops::Range<usize>>, message: String| {
             vec![Problem {
                 file: file.to_owned(),
-                line: e.span().map(|s| line_of(text, s.start)),
+                line: span.map(|s| line_of(text, s.start)),
                 key: "syntax".to_owned(),
-                message: e.message().to_owned(),
+                message,
             }]
-        })?;
+        };
+        let mut root =
+            DeTable::parse(text).map_err(|e| syntax(e.span(), e.message().to_owned()))?;
+        let unknown = strip_unknown_keys(file, text, root.get_mut(), SCHEMA, &registry_label);
+        // Without its unknown keys the document still yields every other problem.
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(root))
+            .map_err(|e| syntax(e.span(), e.message().to_owned()));
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(mut problems) => {
+                problems.splice(0..0, unknown);
+                return Err(problems);
+            }
+        };
         let mut check = Checker {
             file,
             text,
-            problems: Vec::new(),
+            problems: unknown,
         };
         let config = check.config(raw, &resolve_path);
         if check.problems.is_empty() {
             Ok(config)
         } else {
+            // Top to bottom, as an operator fixes a file.
+            check.problems.sort_by_key(|p| p.line);
             Err(check.problems)
         }
     }
@@ -411,14 +518,6 @@ fn tunnel_host(entry: &str) -> String {
         }
         _ => format!("{entry}:443"),
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
 }
 
 struct Checker<'a> {
@@ -649,13 +748,27 @@ impl Checker<'_> {
                     .map(path)
                     .collect(),
                 audit_log: raw.policy.audit_log.map(path),
-                confirm_window: Duration::from_secs(
-                    raw.policy.confirm_window_secs.unwrap_or(600).max(10),
+                confirm_window: self.secs(
+                    raw.policy.confirm_window_secs,
+                    "policy.confirm_window_secs",
+                    10..=86_400,
+                    600,
                 ),
-                reload_interval: Duration::from_millis(
-                    raw.policy.reload_interval_ms.unwrap_or(1000).max(100),
+                reload_interval: Duration::from_millis(self.within(
+                    raw.policy.reload_interval_ms,
+                    "policy.reload_interval_ms",
+                    100,
+                    3_600_000,
+                    1000,
+                )),
+                // A staging area under a megabyte could not hold one layer.
+                staging_max_bytes: self.within(
+                    raw.policy.staging_max_bytes,
+                    "policy.staging_max_bytes",
+                    1 << 20,
+                    1 << 44,
+                    10 << 30,
                 ),
-                staging_max_bytes: raw.policy.staging_max_bytes.unwrap_or(10 << 30),
                 staging_max_sessions: usize::try_from(staging_max_sessions).unwrap_or(1024),
                 staging_max_sessions_per_client: usize::try_from(staging_max_sessions_per_client)
                     .unwrap_or(64),
@@ -693,7 +806,13 @@ impl Checker<'_> {
                 ),
             },
             cache: CacheConfig {
-                manifest_bytes: raw.cache.manifest_bytes.unwrap_or(64 * 1024 * 1024),
+                manifest_bytes: self.within(
+                    raw.cache.manifest_bytes,
+                    "cache.manifest_bytes",
+                    0,
+                    1 << 34,
+                    64 * 1024 * 1024,
+                ),
             },
             limits: self.limits(raw.limits),
             registries,
@@ -1008,7 +1127,14 @@ impl Checker<'_> {
                 1..=86_400,
                 60,
             ),
-            max_idle_connections: r.max_idle_connections.unwrap_or(1024),
+            max_idle_connections: usize::try_from(self.within(
+                r.max_idle_connections,
+                &format!("{key}.max_idle_connections"),
+                0,
+                65_536,
+                1024,
+            ))
+            .unwrap_or(1024),
         })
     }
 }
@@ -1037,6 +1163,48 @@ mod tests {
         assert_eq!(err.len(), 1);
         assert_eq!(err[0].line, Some(3));
         assert!(err[0].message.contains("bogus"), "{}", err[0]);
+    }
+
+    #[test]
+    fn every_unknown_key_in_every_table_is_reported_at_once_with_line_and_key() {
+        let text = "colour = \"blue\"\n\
+                    [listen]\nregistry = \"127.0.0.1:1\"\nbogus = 1\n\
+                    [[registry]]\nhost = \"registry.example.com\"\ntimeout = 5\n\
+                    credentials = { username = \"u\", pasword_env = \"X\" }\n";
+        let err = parse(text).unwrap_err();
+        let found: Vec<(Option<usize>, &str)> = err
+            .iter()
+            .filter(|p| p.message.contains("unknown key"))
+            .map(|p| (p.line, p.key.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Some(1), "colour"),
+                (Some(4), "listen.bogus"),
+                (Some(7), "registry[registry.example.com].timeout"),
+                (
+                    Some(8),
+                    "registry[registry.example.com].credentials.pasword_env"
+                ),
+            ],
+            "{err:#?}"
+        );
+        // The rest of the file is still checked: without the misspelt key, no password source.
+        assert!(
+            err.iter()
+                .any(|p| p.key == "registry[registry.example.com].credentials"
+                    && p.message
+                        .contains("exactly one of password_file or password_env")),
+            "{err:#?}"
+        );
+        assert!(
+            err[1]
+                .to_string()
+                .starts_with("test.toml:4: listen.bogus: unknown key"),
+            "{}",
+            err[1]
+        );
     }
 
     #[test]
@@ -1121,6 +1289,34 @@ credentials = { username = "u", password_env = "PORTCULLIS_TEST_UNSET_VAR" }
             ok.registries["registry.example.com"].response_timeout,
             Duration::from_secs(300)
         );
+    }
+
+    #[test]
+    fn policy_cache_and_pool_settings_are_range_checked_not_clamped() {
+        let text =
+            "[policy]\nconfirm_window_secs = 1\nreload_interval_ms = 5\nstaging_max_bytes = 10\n\
+                    [cache]\nmanifest_bytes = 99999999999999\n\
+                    [[registry]]\nhost = \"docker.io\"\nmax_idle_connections = 100000\n";
+        let err = parse(text).unwrap_err();
+        let found: Vec<(Option<usize>, &str)> =
+            err.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (Some(2), "policy.confirm_window_secs"),
+                (Some(3), "policy.reload_interval_ms"),
+                (Some(4), "policy.staging_max_bytes"),
+                (Some(6), "cache.manifest_bytes"),
+                (Some(9), "registry[docker.io].max_idle_connections"),
+            ],
+            "{err:#?}"
+        );
+        assert!(err.iter().all(|p| p.message.contains("is not between")));
+        let c = parse("[policy]\nconfirm_window_secs = 10\nreload_interval_ms = 100\n[cache]\nmanifest_bytes = 0\n")
+            .expect("in range");
+        assert_eq!(c.policy.confirm_window, Duration::from_secs(10));
+        assert_eq!(c.policy.reload_interval, Duration::from_millis(100));
+        assert_eq!(c.cache.manifest_bytes, 0);
     }
 
     #[test]

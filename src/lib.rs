@@ -23,6 +23,7 @@ pub mod policy;
 pub mod reference;
 pub mod route;
 pub mod store;
+pub mod toml_check;
 pub mod upstream;
 
 use std::future::Future;

@@ -4,8 +4,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::tree::{Key, Kind, Lines, Node};
 use super::{Origin, Problem};
+use crate::toml_check::{Key, Kind, Lines, Node};
 
 /// One file being checked.
 pub(crate) struct Ctx {
@@ -48,6 +48,7 @@ impl Ctx {
         Problem {
             file: self.file.to_string(),
             line: self.line(span),
+            key: String::new(),
             message,
         }
     }
@@ -62,6 +63,7 @@ impl Ctx {
         self.problems.push(Problem {
             file: origin.file.to_string(),
             line: Some(origin.line),
+            key: String::new(),
             message: message.into(),
         });
     }

@@ -112,6 +112,7 @@ pub fn load_registries_conf(path: &Path) -> Result<Fragment, Vec<Problem>> {
         vec![Problem {
             file: name.clone(),
             line: None,
+            key: String::new(),
             message: format!("cannot read: {e}"),
         }]
     })?;
@@ -129,6 +130,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
     let unreadable = |path: &Path, e: std::io::Error| Problem {
         file: path.display().to_string(),
         line: None,
+        key: String::new(),
         message: format!("cannot read: {e}"),
     };
     for path in paths {
@@ -154,6 +156,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
                         problems.push(Problem {
                             file: path.display().to_string(),
                             line: None,
+                            key: String::new(),
                             message: format!(
                                 "holds no policy file (*.toml or *.conf); {ALLOW_ALL_HINT}"
                             ),
@@ -177,6 +180,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
             Ok(text) if is_blank(&text) => problems.push(Problem {
                 file: name,
                 line: None,
+                key: String::new(),
                 message: format!(
                     "is empty (nothing but comments and whitespace); {ALLOW_ALL_HINT}"
                 ),
@@ -222,6 +226,7 @@ fn at(origin: &Origin, message: String) -> Problem {
     Problem {
         file: origin.file.to_string(),
         line: Some(origin.line),
+        key: String::new(),
         message,
     }
 }

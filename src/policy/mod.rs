@@ -27,7 +27,6 @@ mod registries;
 mod registries_conf;
 mod rule;
 mod short_name;
-mod tree;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -265,23 +264,8 @@ impl Decision {
     }
 }
 
-/// One problem in a policy or registries.conf file. Displays as `file:line: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub file: String,
-    /// None when the problem is about the whole file (unreadable, say).
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file, line, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
-        }
-    }
-}
+/// One problem in a policy or registries.conf file; the type the configuration shares.
+pub use crate::toml_check::Problem;
 
 /// Where a rule or setting was written, for messages and `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,6 +445,7 @@ mod tests {
         let p = Problem {
             file: "p.toml".into(),
             line: Some(3),
+            key: String::new(),
             message: "bad".into(),
         };
         assert_eq!(p.to_string(), "p.toml:3: bad");

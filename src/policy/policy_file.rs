@@ -10,9 +10,9 @@ use super::check::{Ctx, Fields, Unknown};
 use super::load::{Alias, Fragment, Setting};
 use super::matcher::{check_regex, regex_error, Names, RegistryMatcher, RepoPattern};
 use super::private::{KeyValue, NameMatcher, PrivateRule};
-use super::tree::{Key, Kind, Node};
 use super::{Action, Mode, Operation, Operations, Origin, Problem, ShortNameMode};
 use crate::reference::{is_valid_registry_host, normalize_registry, Digest, Name};
+use crate::toml_check::{Key, Kind, Node};
 
 /// A `[[rule]]` checked on its own, not yet compiled.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ const PRIVATE_KEYS: &str = "id, message, action, name, labels, annotations, prov
 pub(crate) fn policy_fragment(file: &str, text: &str) -> (Fragment, Vec<Problem>) {
     let mut fragment = Fragment::new(file);
     let mut ctx = Ctx::new(file, text);
-    let root = match super::tree::parse(text) {
+    let root = match crate::toml_check::parse(text) {
         Ok(root) => root,
         Err((span, message)) => {
             ctx.problem(&span, format!("TOML syntax: {message}"));

@@ -216,6 +216,7 @@ impl Registries {
                 problems.push(Problem {
                     file: e.origin.file.to_string(),
                     line: Some(e.origin.line),
+                    key: String::new(),
                     message: format!(
                         "[[registry]] prefix {:?} is already configured at {}",
                         e.prefix.text, entries[first].origin

@@ -14,9 +14,9 @@ use super::check::{Ctx, Fields, Unknown};
 use super::load::{Fragment, Setting};
 use super::policy_file::{alias, host_list};
 use super::registries::{Entry, Mirror, Prefix, PullFromMirror};
-use super::tree::Node;
 use super::{Origin, Problem, ShortNameMode};
 use crate::reference::{is_valid_registry_host, normalize_registry};
+use crate::toml_check::Node;
 
 const TOP_KEYS: &str = "unqualified-search-registries, short-name-mode, registry, aliases";
 const REGISTRY_KEYS: &str = "prefix, location, insecure, blocked, mirror, mirror-by-digest-only";
@@ -26,7 +26,7 @@ const UNUSED_KEYS: &[&str] = &["credential-helpers", "additional-layer-store-aut
 /// Check one registries.conf text.
 pub(crate) fn fragment(file: &str, text: &str) -> (Fragment, Vec<Problem>) {
     let mut fragment = Fragment::new(file);
-    let root = match super::tree::parse(text) {
+    let root = match crate::toml_check::parse(text) {
         Ok(root) => root,
         Err((span, message)) => {
             let mut ctx = Ctx::new(file, text);
