@@ -12,6 +12,8 @@
 #    each fuzz target in fuzz/ for a few seconds (cargo-fuzz is installed if missing).
 # 3. Runs `cargo test --offline` inside a fresh network namespace with only loopback up,
 #    in a private mount namespace, so no test can reach anything but 127.0.0.0/8.
+# 0. `cargo deny check` (deny.toml): advisories, licenses, duplicate versions, sources; it
+#    fetches the RustSec advisory DB, so it runs first, outside any network namespace.
 # Exits non-zero on any failure.
 set -euo pipefail
 
@@ -21,6 +23,14 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "run.sh: must run as root (dockerd, mount and network namespaces need it)" >&2
     exit 1
 fi
+
+# --- 0. dependencies: advisories, licenses, sources --------------------------------------
+# Pinned: a newer cargo-deny may add checks that fail a run in which nothing else changed.
+deny_version=0.20.2
+if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
+    cargo install cargo-deny --locked --version "$deny_version"
+fi
+cargo deny check
 
 # --- 1. tools ------------------------------------------------------------------------
 # command -> Debian package providing it

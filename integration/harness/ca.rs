@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 
 use super::tempdir::TestDir;
@@ -18,7 +18,7 @@ pub const LOOPBACK_NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
 pub struct Ca {
     dir: TestDir,
     cert: Certificate,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 /// A certificate and its private key, PEM encoded.
@@ -46,7 +46,8 @@ impl Ca {
         let cert = params.self_signed(&key).expect("self-sign the CA");
         let dir = TestDir::new("ca");
         dir.write("ca.crt", cert.pem());
-        Arc::new(Ca { dir, cert, key })
+        let issuer = Issuer::new(params, key);
+        Arc::new(Ca { dir, cert, issuer })
     }
 
     /// The PEM file of the CA certificate.
@@ -98,9 +99,7 @@ impl Ca {
     fn sign(&self, mut params: CertificateParams) -> Leaf {
         set_validity(&mut params, Duration::from_secs(24 * 3600));
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("generate leaf key");
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("sign leaf");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),

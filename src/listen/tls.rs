@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -103,10 +103,9 @@ pub struct LocalCa {
     cert_path: PathBuf,
     cert_der: CertificateDer<'static>,
     cert_pem: String,
-    /// rcgen only accepts a `Certificate` as issuer and reads just its subject and key
-    /// identifier; the bytes handed to clients are always `cert_der` from disk.
-    issuer: rcgen::Certificate,
-    key: KeyPair,
+    /// The CA's subject, key usages and signing key, as rcgen reads them from `cert_der`;
+    /// the bytes handed to clients are always `cert_der` from disk.
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl fmt::Debug for LocalCa {
@@ -179,16 +178,15 @@ impl LocalCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         (params.not_before, params.not_after) =
             validity_window(CA_VALIDITY).ok_or_else(|| bad(rcgen::Error::Time))?;
-        let issuer = params.self_signed(&key).map_err(bad)?;
+        let cert = params.self_signed(&key).map_err(bad)?;
         write_file(key_path, &key.serialize_pem(), 0o600)?;
-        write_file(&cert_path, &issuer.pem(), 0o644)?;
-        let (cert_der, cert_pem) = (issuer.der().clone(), issuer.pem());
+        write_file(&cert_path, &cert.pem(), 0o644)?;
+        let (cert_der, cert_pem) = (cert.der().clone(), cert.pem());
         Ok(Self {
             cert_path,
             cert_der,
             cert_pem,
-            issuer,
-            key,
+            issuer: Issuer::new(params, key),
         })
     }
 
@@ -201,11 +199,6 @@ impl LocalCa {
             path: key_path.to_path_buf(),
             source,
         })?;
-        let params =
-            CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|source| TlsError::BadCa {
-                path: cert_path.clone(),
-                source,
-            })?;
         let cert_der = parse_certs(cert_pem.as_bytes(), &cert_path)?.swap_remove(0);
         // Leaves signed by a foreign key would chain to nothing any client trusts, and that
         // would only surface later as handshake failures far from the cause.
@@ -220,16 +213,16 @@ impl LocalCa {
             cert_path: cert_path.clone(),
             source,
         })?;
-        let issuer = params.self_signed(&key).map_err(|source| TlsError::BadCa {
-            path: cert_path.clone(),
-            source,
-        })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der, key).map_err(|source| TlsError::BadCa {
+                path: cert_path.clone(),
+                source,
+            })?;
         Ok(Self {
             cert_path,
             cert_der,
             cert_pem,
             issuer,
-            key,
         })
     }
 
@@ -268,9 +261,7 @@ impl LocalCa {
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = (not_before, not_after);
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(failed)?;
-        let cert = params
-            .signed_by(&key, &self.issuer, &self.key)
-            .map_err(failed)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(failed)?;
         Ok(CertifiedLeaf {
             chain: vec![cert.der().clone(), self.cert_der.clone()],
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
