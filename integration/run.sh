@@ -12,8 +12,11 @@
 #    each fuzz target in fuzz/ for a few seconds (cargo-fuzz is installed if missing).
 # 3. Runs `cargo test --offline` inside a fresh network namespace with only loopback up,
 #    in a private mount namespace, so no test can reach anything but 127.0.0.0/8.
-# 0. `cargo deny check` (deny.toml): advisories, licenses, duplicate versions, sources; it
-#    fetches the RustSec advisory DB, so it runs first, outside any network namespace.
+# 0. `cargo deny check` (deny.toml): licenses, bans and sources always (offline), then the
+#    RustSec advisories, which need the advisory DB from github.com: it runs first, outside
+#    any network namespace. A finding fails the run; a DB that cannot be fetched after three
+#    tries is reported as a warning (a DNS outage must not block every change), never passed
+#    over silently.
 # Exits non-zero on any failure.
 set -euo pipefail
 
@@ -30,7 +33,20 @@ deny_version=0.20.2
 if [ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]; then
     cargo install cargo-deny --locked --version "$deny_version"
 fi
-cargo deny check
+cargo deny --offline check bans licenses sources
+advisories=unfetched
+for try in 1 2 3; do
+    if cargo deny fetch db; then
+        advisories=fetched
+        break
+    fi
+    sleep $((try * 5))
+done
+if [ "$advisories" = fetched ]; then
+    cargo deny --offline check advisories
+else
+    echo "run.sh: WARNING: the RustSec advisory DB could not be fetched; advisories NOT checked" >&2
+fi
 
 # --- 1. tools ------------------------------------------------------------------------
 # command -> Debian package providing it
