@@ -441,19 +441,6 @@ mod tests {
     }
 
     #[test]
-    fn problem_display() {
-        let p = Problem {
-            file: "p.toml".into(),
-            line: Some(3),
-            key: String::new(),
-            message: "bad".into(),
-        };
-        assert_eq!(p.to_string(), "p.toml:3: bad");
-        let p = Problem { line: None, ..p };
-        assert_eq!(p.to_string(), "p.toml: bad");
-    }
-
-    #[test]
     fn policy_is_shared_and_swapped_whole() {
         fn shareable<T: Send + Sync + 'static>() {}
         shareable::<Policy>();
