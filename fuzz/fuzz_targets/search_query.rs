@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::search::Query;
+use portcullis::listing::search::Query;
 
 /// Docker Hub's largest page, which the proxy caps `n` at.
 const MAX_LIMIT: usize = 100;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::tags::{paginate, PageRequest};
+use portcullis::listing::tags::{paginate, PageRequest};
 
 const CLIENT_NAME: &str = "corp.example.com/team/app";
 
