@@ -3,31 +3,25 @@
 //! all of it. A blob cut short for a digest mismatch was logged `status=200` and nothing
 //! else; now its line says `outcome=aborted reason=digest_mismatch`.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Method, Version};
 use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use tracing::info;
 
 use crate::body::{boxed, AbortReason, BoxError, ProxyBody};
 
+use super::intent::Intent;
+
 /// What is known of a request once its response headers are decided.
 pub(super) struct AccessLine {
-    pub peer: SocketAddr,
-    pub method: Method,
-    pub path: String,
-    pub version: Version,
-    pub listener: &'static str,
-    pub operation: &'static str,
+    /// What was asked: peer, method, path, version, listener, operation, start.
+    pub intent: Intent,
     pub resolved: String,
     pub decision: &'static str,
     pub status: u16,
-    pub started: Instant,
 }
 
 /// How a response body ended.
@@ -57,19 +51,19 @@ impl AccessLine {
         // characters) and the rest are portcullis's own words, so nothing needs escaping.
         info!(
             target: "portcullis::access",
-            peer = %self.peer,
-            method = %self.method,
-            path = %self.path,
-            version = ?self.version,
-            listener = %self.listener,
-            operation = %self.operation,
+            peer = %self.intent.peer,
+            method = %self.intent.method,
+            path = %self.intent.path,
+            version = ?self.intent.version,
+            listener = %self.intent.listener,
+            operation = %self.intent.operation,
             resolved = %self.resolved,
             decision = %self.decision,
             status = self.status,
             outcome = %outcome,
             reason = %reason,
             bytes,
-            ms = self.started.elapsed().as_millis() as u64,
+            ms = self.intent.started.elapsed().as_millis() as u64,
             "request"
         );
     }
@@ -176,6 +170,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use http::{Method, Version};
+
     use super::*;
     use crate::body::full;
     use futures_util::StreamExt;
@@ -211,16 +209,18 @@ mod tests {
 
     fn line() -> AccessLine {
         AccessLine {
-            peer: "127.0.0.1:1".parse().expect("addr"),
-            method: Method::GET,
-            path: "/v2/x/blobs/sha256:00".to_owned(),
-            version: Version::HTTP_2,
-            listener: "registry",
-            operation: "pull",
+            intent: Intent {
+                peer: "127.0.0.1:1".parse().expect("addr"),
+                method: Method::GET,
+                path: "/v2/x/blobs/sha256:00".to_owned(),
+                version: Version::HTTP_2,
+                listener: "registry",
+                operation: "pull",
+                started: Instant::now(),
+            },
             resolved: "-".to_owned(),
             decision: "allow",
             status: 200,
-            started: Instant::now(),
         }
     }
 

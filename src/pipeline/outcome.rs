@@ -131,16 +131,10 @@ impl Outcome {
             ..
         } = self;
         let line = AccessLine {
-            peer: intent.peer,
-            method: intent.method,
-            path: intent.path,
-            version: intent.version,
-            listener: intent.listener,
-            operation: intent.operation,
+            intent,
             resolved,
             decision: decided.as_str(),
             status,
-            started: intent.started,
         };
         response.map(|body| access::logged(body, line, downloaded))
     }
