@@ -126,18 +126,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &registry,
         config.registries.keys().cloned(),
     )?);
-    let audit = store::audit::Audit::open(config.policy.audit_log.as_deref())?;
+    let audit = Arc::new(store::audit::Audit::open(
+        config.policy.audit_log.as_deref(),
+    )?);
     let sources = policy::live::Sources {
         paths: config.policy.paths.clone(),
     };
     let live = Arc::new(
         policy::live::LivePolicy::new(sources, metrics.clone()).map_err(RunError::Policy)?,
     );
-    let gate = Arc::new(pipeline::verdict::Gate::new(
-        audit,
-        metrics.clone(),
-        config.policy.confirm_window,
-    ));
     let provenance = Arc::new(store::provenance::Provenance::open(
         &config.state_dir,
         config.policy.provenance_max_entries,
@@ -156,9 +153,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &config,
         metrics.clone(),
         live.clone(),
-        gate,
-        Some(provenance),
-        Some(stage.clone()),
+        pipeline::Stores {
+            audit,
+            provenance: Some(provenance),
+            stage: Some(stage.clone()),
+        },
     )?);
     let http = listen::Http::new(proxy, metrics.clone(), config.limits.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -329,14 +329,11 @@ mod tests {
             crate::metrics::Metrics::new(&registry, config.registries.keys().cloned())
                 .expect("metrics"),
         );
-        let audit = crate::store::audit::Audit::open(None).expect("audit");
         let live = crate::policy::live::LivePolicy::new(Default::default(), metrics.clone());
         let live = Arc::new(live.expect("embedded policy"));
-        let gate =
-            crate::pipeline::verdict::Gate::new(audit, metrics.clone(), Duration::from_secs(600));
+        let stores = crate::pipeline::Stores::none();
         let proxy =
-            crate::pipeline::Proxy::new(&config, metrics.clone(), live, Arc::new(gate), None, None)
-                .expect("proxy");
+            crate::pipeline::Proxy::new(&config, metrics.clone(), live, stores).expect("proxy");
         let proxy = Arc::new(proxy);
         let http = Http::new(proxy, metrics, crate::listen::Limits::default());
         let (ca, _) = LocalCa::load_or_create(dir.path()).expect("ca");

@@ -216,6 +216,7 @@ mod tests {
                 version: Version::HTTP_2,
                 listener: "registry",
                 operation: "pull",
+                user: None,
                 started: Instant::now(),
             },
             resolved: "-".to_owned(),

@@ -22,6 +22,8 @@ pub(crate) struct Intent {
     pub version: Version,
     pub listener: &'static str,
     pub operation: &'static str,
+    /// The Basic-auth user name, if the client sent one (never its password).
+    pub user: Option<String>,
     pub started: Instant,
 }
 

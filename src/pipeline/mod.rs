@@ -52,6 +52,7 @@ use crate::policy::live::LivePolicy;
 use crate::policy::{Operation, Policy};
 use crate::reference::{Name, Repository, DOCKER_HUB};
 use crate::route::{self, Route};
+use crate::store::audit::Audit;
 use crate::store::manifests::ManifestCache;
 use crate::store::provenance::Provenance;
 use crate::store::stage::Stage;
@@ -105,21 +106,18 @@ pub(crate) struct Ask<'a> {
     pub op: Operation,
     pub route: &'a Route,
     pub peer: SocketAddr,
-    pub user: Option<&'a str>,
-    pub listener: &'static str,
 }
 
 impl<'a> Ask<'a> {
     pub fn check(&'a self, target: &'a Target) -> Check<'a> {
         Check {
             policy: self.policy,
+            trail: self.trail,
             op: self.op,
             target,
             tag: route_tag(self.route),
             digest: route_digest(self.route),
             peer: self.peer,
-            user: self.user,
-            listener: self.listener,
         }
     }
 }
@@ -127,10 +125,9 @@ impl<'a> Ask<'a> {
 /// The listener name of the mirror endpoint, where containerd's `ns` names the registry.
 pub const MIRROR: &str = "mirror";
 
-/// Where a request's names are relative to: its listener, containerd's `ns` if it sent
-/// one, and the registry that makes the names relative (intercepted host, mirror `ns`).
+/// Where a request's names are relative to: containerd's `ns` if it sent one, and the
+/// registry that makes the names relative (intercepted host, mirror `ns`).
 struct Scoped<'a> {
-    inbound: &'a Inbound,
     ns: Option<&'a str>,
     scope: Option<&'a str>,
 }
@@ -146,6 +143,25 @@ struct InOrder<'a> {
     head: bool,
 }
 
+/// The stores a proxy writes to: the audit trail, and for private-push protection the
+/// provenance store and the push stage (`None` in tests that do not need them).
+pub struct Stores {
+    pub audit: Arc<Audit>,
+    pub provenance: Option<Arc<Provenance>>,
+    pub stage: Option<Arc<Stage>>,
+}
+
+impl Stores {
+    /// No audit file, no provenance, no staging.
+    pub fn none() -> Stores {
+        Stores {
+            audit: Arc::new(Audit::disabled()),
+            provenance: None,
+            stage: None,
+        }
+    }
+}
+
 pub struct Proxy {
     /// Treat docker.io single-component names (`library/<x>`) as short names that resolve
     /// across the search registries (Atomic's --add-registry for stock docker).
@@ -156,7 +172,8 @@ pub struct Proxy {
     search: Search,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) live: Arc<LivePolicy>,
-    pub(crate) gate: Arc<Gate>,
+    pub(crate) gate: Gate,
+    audit: Arc<Audit>,
     pub(crate) provenance: Option<Arc<Provenance>>,
     pub(crate) stage: Option<Arc<Stage>>,
     referrer_locks: referrers::Locks,
@@ -168,9 +185,7 @@ impl Proxy {
         config: &Config,
         metrics: Arc<Metrics>,
         live: Arc<LivePolicy>,
-        gate: Arc<Gate>,
-        provenance: Option<Arc<Provenance>>,
-        stage: Option<Arc<Stage>>,
+        stores: Stores,
     ) -> Result<Proxy, UpstreamError> {
         Ok(Proxy {
             hub_search: config.forward.docker_hub_search,
@@ -180,9 +195,10 @@ impl Proxy {
             manifests: ManifestCache::new(config.cache.manifest_bytes),
             search: Search::new(config.resolve.catalog_ttl, config.resolve.search_timeout),
             live,
-            gate,
-            provenance,
-            stage,
+            gate: Gate::new(config.policy.confirm_window),
+            audit: stores.audit,
+            provenance: stores.provenance,
+            stage: stores.stage,
             referrer_locks: referrers::Locks::new(),
             uploads: uploads::Uploads::new(),
         })
@@ -232,6 +248,7 @@ impl Proxy {
             version: req.version(),
             listener: inbound.listener,
             operation: operation(route.as_ref().ok(), req.method()),
+            user: basic_user(req.headers()),
             started: Instant::now(),
         };
         let trail = Trail::default();
@@ -239,12 +256,12 @@ impl Proxy {
             Ok(route) => {
                 // The one policy this request is decided by, whatever reloads meanwhile.
                 let policy = self.live.current();
-                self.dispatch(route, req, &inbound, peer, &policy, &trail)
+                self.dispatch(route, req, &inbound, &intent, &policy, &trail)
                     .await
             }
             Err(e) => Err(ProxyError::from_route(e, &intent.method)),
         };
-        let decided = Decided::of(&result);
+        let decided = Decided::of(&result, &trail);
         let resp = result.unwrap_or_else(|e| {
             if e.status().is_server_error() {
                 let (method, path) = (&intent.method, &intent.path);
@@ -260,7 +277,8 @@ impl Proxy {
         } else {
             resp
         };
-        let resp = Outcome::new(intent, resp, decided, trail).record(&self.metrics);
+        let outcome = Outcome::new(intent, resp, decided, trail);
+        let resp = outcome.record(&self.metrics, &self.audit).await;
         in_flight.dec();
         resp
     }
@@ -270,7 +288,7 @@ impl Proxy {
         route: Route,
         req: Request<Incoming>,
         inbound: &Inbound,
-        peer: SocketAddr,
+        intent: &Intent,
         policy: &Policy,
         trail: &Trail,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -309,11 +327,10 @@ impl Proxy {
             }
             _ => {
                 let scoped = Scoped {
-                    inbound,
                     ns: ns.as_deref(),
                     scope,
                 };
-                self.repository(route, req, &scoped, peer, policy, trail)
+                self.repository(route, req, &scoped, intent, policy, trail)
                     .await
             }
         }
@@ -363,12 +380,12 @@ impl Proxy {
         route: Route,
         mut req: Request<Incoming>,
         scoped: &Scoped<'_>,
-        peer: SocketAddr,
+        intent: &Intent,
         policy: &Policy,
         trail: &Trail,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
-        let (inbound, ns, scope) = (scoped.inbound, scoped.ns, scoped.scope);
+        let (ns, scope) = (scoped.ns, scoped.scope);
         let name = match scope {
             None => Name::parse(&raw_name)?,
             Some(registry) => self.scoped_name(registry, &raw_name)?,
@@ -402,15 +419,12 @@ impl Proxy {
             self.resolver
                 .for_pull(&name, policy, route_digest(&route).is_some())?
         };
-        let user = basic_user(req.headers());
         let ask = Ask {
             policy,
             trail,
             op: policy_operation(&route, &method),
             route: &route,
-            peer,
-            user: user.as_deref(),
-            listener: inbound.listener,
+            peer: intent.peer,
         };
         if matches!(route, Route::Referrers { .. }) {
             return Box::pin(self.referrers(&ask, &raw_name, plan, req)).await;
@@ -425,7 +439,7 @@ impl Proxy {
         let mirrors = matches!(plan, Plan::Mirrors(_));
         match plan {
             Plan::One(target) => {
-                let verdict = self.gate.check(&ask.check(&target)).await.map_err(|e| {
+                let verdict = self.gate.check(&ask.check(&target)).map_err(|e| {
                     refused_head(e, blob_head, || self.gate.refuses_push(ask.policy, &target))
                 })?;
                 // From here every answer, good or failed, is about this registry.
@@ -552,7 +566,7 @@ impl Proxy {
         let mut tried = Vec::new();
         let mut denied = None;
         for (i, target) in targets.iter().enumerate() {
-            let verdict = match self.gate.check(&ask.check(target)).await {
+            let verdict = match self.gate.check(&ask.check(target)) {
                 Ok(v) => v,
                 Err(e) => {
                     denied.get_or_insert(e);

@@ -71,15 +71,14 @@ impl Proxy {
             (Some(src), Ok(digest)) if src.registry == target.registry => {
                 let check = crate::pipeline::verdict::Check {
                     policy: ask.policy,
+                    trail: ask.trail,
                     op: Operation::Pull,
                     target: src,
                     tag: None,
                     digest: Some(digest.as_str()),
                     peer: ask.peer,
-                    user: ask.user,
-                    listener: ask.listener,
                 };
-                match self.gate.check(&check).await {
+                match self.gate.check(&check) {
                     Ok(_) => true,
                     Err(denied) => {
                         info!(%target, source = %src, error = %denied, "mount refused by policy; the client will upload instead");

@@ -4,16 +4,21 @@
 //! knows each fact (the name's registry once the name is parsed, the target once a
 //! registry serves it). When the response is decided, the [`Outcome`] is built from the
 //! trail and the result, never from response headers or status codes, and [`Outcome::record`]
-//! writes the request metrics and the access line (at the end of the body, when it is
-//! known whether the client got all of it: [`super::access`]).
+//! writes everything recorded about it: the policy's verdicts (counted, logged when not a
+//! plain allow, audited), the request metrics and the access line (at the end of the body,
+//! when it is known whether the client got all of it: [`super::access`]).
 
 use http::Response;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use tracing::warn;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::{status_class, Metrics};
 use crate::pipeline::plan::Target;
+use crate::pipeline::verdict::Verdict;
+use crate::policy::Action;
+use crate::store::audit::{now_rfc3339, Audit, Record};
 
 use super::access::{self, AccessLine};
 use super::intent::Intent;
@@ -25,6 +30,9 @@ use super::intent::Intent;
 pub(crate) struct Trail {
     named: OnceLock<String>,
     served: OnceLock<Target>,
+    /// Every verdict of the policy about this request, in the order they were taken (a
+    /// search decides once per registry it tries, a staged push once more on its content).
+    verdicts: Mutex<Vec<Verdict>>,
 }
 
 impl Trail {
@@ -37,12 +45,22 @@ impl Trail {
     pub fn served(&self, target: &Target) {
         let _ = self.served.set(target.clone());
     }
+
+    /// A verdict of the policy, to be counted and audited with the outcome.
+    pub fn decided(&self, verdict: Verdict) {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(verdict);
+    }
 }
 
 /// How the request was decided, for the `decision` label and the access line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decided {
     Allow,
+    /// Allowed by a `warn` rule.
+    Warn,
     Deny,
     Error,
 }
@@ -51,13 +69,23 @@ impl Decided {
     pub fn as_str(self) -> &'static str {
         match self {
             Decided::Allow => "allow",
+            Decided::Warn => "warn",
             Decided::Deny => "deny",
             Decided::Error => "error",
         }
     }
 
-    pub fn of(result: &Result<Response<ProxyBody>, ProxyError>) -> Decided {
+    /// From the result, and for an answered request from the verdicts it went through.
+    pub fn of(result: &Result<Response<ProxyBody>, ProxyError>, trail: &Trail) -> Decided {
+        let warned = || {
+            let verdicts = trail
+                .verdicts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            verdicts.iter().any(|v| v.action == Action::Warn)
+        };
         match result {
+            Ok(_) if warned() => Decided::Warn,
             Ok(_) => Decided::Allow,
             Err(e) if e.is_denial() => Decided::Deny,
             Err(_) => Decided::Error,
@@ -74,6 +102,8 @@ pub(crate) struct Outcome {
     pub target: Option<Target>,
     /// The registry the request named, when none served it.
     pub named: Option<String>,
+    /// The policy's verdicts, in order.
+    pub verdicts: Vec<Verdict>,
 }
 
 impl Outcome {
@@ -89,6 +119,10 @@ impl Outcome {
             decided,
             target: trail.served.into_inner(),
             named: trail.named.into_inner(),
+            verdicts: trail
+                .verdicts
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
         }
     }
 
@@ -101,8 +135,18 @@ impl Outcome {
         }
     }
 
-    /// Count the request and log it when its body ends; the response goes to the client.
-    pub fn record(self, metrics: &Metrics) -> Response<ProxyBody> {
+    /// Count, log and audit the request's verdicts, count the request and log it when its
+    /// body ends; the response goes to the client. Audit records are written (to the kernel)
+    /// before the response is returned.
+    pub async fn record(self, metrics: &Metrics, audit: &Arc<Audit>) -> Response<ProxyBody> {
+        // Only the intent is borrowed across the writes: the response body is not `Sync`.
+        for verdict in &self.verdicts {
+            record_verdict(&self.intent, verdict, metrics, audit).await;
+        }
+        self.request(metrics)
+    }
+
+    fn request(self, metrics: &Metrics) -> Response<ProxyBody> {
         let registry = metrics.registry_label(self.registry());
         let status = self.response.status().as_u16();
         let intent = &self.intent;
@@ -140,8 +184,41 @@ impl Outcome {
     }
 }
 
+/// Count a verdict; log and audit it unless it is a plain allow.
+async fn record_verdict(intent: &Intent, v: &Verdict, metrics: &Metrics, audit: &Arc<Audit>) {
+    let rule = v.rule_label();
+    metrics
+        .policy_decisions
+        .with_label_values(&[v.action.as_str(), rule])
+        .inc();
+    if v.action == Action::Allow {
+        return;
+    }
+    let action = v.action_label();
+    if matches!(v.action, Action::Warn | Action::Deny) {
+        warn!(
+            target: "portcullis::pipeline::verdict",
+            reference = %v.reference, rule, action, message = %v.message,
+            "policy decision"
+        );
+    }
+    let record = Record {
+        time: now_rfc3339(),
+        client: intent.peer.to_string(),
+        user: intent.user.as_deref(),
+        operation: v.op.as_str(),
+        reference: &v.reference,
+        digest: v.digest.as_deref(),
+        rule: v.rule.as_deref(),
+        action,
+        message: &v.message,
+        listener: intent.listener,
+    };
+    audit.append(&record).await;
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Instant;
 
     use http::{Method, Version};
@@ -155,7 +232,7 @@ mod tests {
         (registry, m)
     }
 
-    fn intent() -> Intent {
+    pub(crate) fn intent() -> Intent {
         Intent {
             peer: "127.0.0.1:1".parse().expect("addr"),
             method: Method::GET,
@@ -163,6 +240,7 @@ mod tests {
             version: Version::HTTP_11,
             listener: "registry",
             operation: "pull",
+            user: Some("alice".to_owned()),
             started: Instant::now(),
         }
     }
@@ -184,8 +262,12 @@ mod tests {
             .sum()
     }
 
-    #[test]
-    fn the_registry_label_is_the_target_that_served_else_the_one_named() {
+    fn audit() -> Arc<Audit> {
+        Arc::new(Audit::disabled())
+    }
+
+    #[tokio::test]
+    async fn the_registry_label_is_the_target_that_served_else_the_one_named() {
         let (registry, m) = metrics();
         let trail = Trail::default();
         trail.named("docker.io");
@@ -204,7 +286,7 @@ mod tests {
             outcome.target.as_ref().map(ToString::to_string).as_deref(),
             Some("quay.io/team/app")
         );
-        let _ = outcome.record(&m);
+        let _ = outcome.record(&m, &audit()).await;
         assert_eq!(
             count(&registry, &[("registry", "quay.io"), ("decision", "allow")]),
             1.0
@@ -213,14 +295,17 @@ mod tests {
         let trail = Trail::default();
         trail.named("evil.example.net");
         let resp = ProxyError::RegistryNotAllowed("evil.example.net".to_owned()).into_response();
-        let _ = Outcome::new(intent(), resp, Decided::Deny, trail).record(&m);
+        let _ = Outcome::new(intent(), resp, Decided::Deny, trail)
+            .record(&m, &audit())
+            .await;
         assert_eq!(
             count(&registry, &[("registry", "other"), ("decision", "deny")]),
             1.0
         );
 
         let resp = Response::new(crate::body::empty());
-        let _ = Outcome::new(intent(), resp, Decided::Error, Trail::default()).record(&m);
+        let outcome = Outcome::new(intent(), resp, Decided::Error, Trail::default());
+        let _ = outcome.record(&m, &audit()).await;
         assert_eq!(
             count(&registry, &[("registry", "none"), ("decision", "error")]),
             1.0
@@ -230,10 +315,81 @@ mod tests {
     #[test]
     fn the_decision_comes_from_the_result_not_the_status() {
         let ok: Result<Response<ProxyBody>, ProxyError> = Ok(Response::new(crate::body::empty()));
-        assert_eq!(Decided::of(&ok), Decided::Allow);
+        let trail = Trail::default();
+        assert_eq!(Decided::of(&ok, &trail), Decided::Allow);
         let denied = Err(ProxyError::RegistryNotAllowed("x.example.com".to_owned()));
-        assert_eq!(Decided::of(&denied), Decided::Deny);
+        assert_eq!(Decided::of(&denied, &trail), Decided::Deny);
         let unauthorized = Err(ProxyError::Unauthorized);
-        assert_eq!(Decided::of(&unauthorized), Decided::Error);
+        assert_eq!(Decided::of(&unauthorized, &trail), Decided::Error);
+    }
+
+    #[tokio::test]
+    async fn verdicts_are_counted_and_audited_with_the_intent_and_a_warning_is_its_own_decision() {
+        let (registry, m) = metrics();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let audit = Arc::new(Audit::open(Some(&path)).expect("audit"));
+        let verdict = |action, rule: Option<&str>, reference: &str| Verdict {
+            action,
+            confirmed: false,
+            rule: rule.map(Into::into),
+            message: "why".to_owned(),
+            op: crate::policy::Operation::Pull,
+            reference: reference.to_owned(),
+            digest: None,
+        };
+        let trail = Trail::default();
+        trail.decided(verdict(Action::Deny, Some("no-a"), "quay.io/a:1"));
+        trail.decided(verdict(Action::Allow, None, ""));
+        trail.decided(verdict(Action::Warn, Some("old"), "quay.io/b:1"));
+        let ok: Result<Response<ProxyBody>, ProxyError> = Ok(Response::new(crate::body::empty()));
+        let decided = Decided::of(&ok, &trail);
+        assert_eq!(
+            decided,
+            Decided::Warn,
+            "a warned request is not a plain allow"
+        );
+        let resp = Response::new(crate::body::empty());
+        let _ = Outcome::new(intent(), resp, decided, trail)
+            .record(&m, &audit)
+            .await;
+
+        let text = std::fs::read_to_string(&path).expect("audit log");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 2, "the plain allow is not audited: {text}");
+        assert_eq!(lines[0]["action"], "deny");
+        assert_eq!(lines[0]["rule"], "no-a");
+        assert_eq!(lines[0]["reference"], "quay.io/a:1");
+        assert_eq!(lines[0]["user"], "alice");
+        assert_eq!(lines[0]["client"], "127.0.0.1:1");
+        assert_eq!(lines[0]["listener"], "registry");
+        assert_eq!(lines[1]["action"], "warn");
+
+        let decisions = |action: &str, rule: &str| {
+            registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == "portcullis_policy_decisions_total")
+                .flat_map(|f| f.get_metric().iter())
+                .filter(|m| {
+                    let label = |k: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == k)
+                            .map(|l| l.value().to_owned())
+                    };
+                    label("action").as_deref() == Some(action)
+                        && label("rule").as_deref() == Some(rule)
+                })
+                .map(|m| m.get_counter().get_value())
+                .sum::<f64>()
+        };
+        assert_eq!(decisions("deny", "no-a"), 1.0);
+        assert_eq!(decisions("allow", "default"), 1.0);
+        assert_eq!(decisions("warn", "old"), 1.0);
+        assert_eq!(count(&registry, &[("decision", "warn")]), 1.0);
     }
 }

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::body::{boxed, empty, full, ProxyBody};
 use crate::error::ProxyError;
 use crate::pipeline::plan::Target;
-use crate::pipeline::verdict::Verdict;
+
 use crate::pipeline::{Ask, Proxy, MAX_MANIFEST};
 use crate::policy::PushContent;
 use crate::route::Route;
@@ -411,9 +411,9 @@ impl Proxy {
             sources: &seen.names,
         };
         let verdict = match policy.private_push(&content) {
-            None => Verdict::Allow,
-            Some(decision) => match self.gate.enforce(decision, &ask.check(target)).await {
-                Ok(v) => v,
+            None => None,
+            Some(decision) => match self.gate.enforce(decision, &ask.check(target)) {
+                Ok(v) => Some(v),
                 Err(denied) => {
                     self.drop_staged(stage, target, &staged);
                     return Err(denied);
@@ -443,7 +443,10 @@ impl Proxy {
         self.metrics
             .staged_bytes
             .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
-        Ok(crate::pipeline::with_warning(resp, verdict))
+        Ok(match verdict {
+            Some(verdict) => crate::pipeline::with_warning(resp, verdict),
+            None => resp,
+        })
     }
 
     /// Where the staged blobs of a push were seen. A store that cannot answer leaves a

@@ -243,7 +243,7 @@ fn rewrite_location(
 
 /// Attach a policy warning. No client shows it; the audit trail and metrics are the record.
 pub(crate) fn with_warning(mut resp: Response<ProxyBody>, verdict: Verdict) -> Response<ProxyBody> {
-    if let Verdict::Warn(text) = verdict {
+    if let Some(text) = verdict.warning() {
         let text = text.replace(['"', '\\'], "'");
         if let Ok(v) = HeaderValue::from_str(&format!("299 portcullis \"{text}\"")) {
             resp.headers_mut().append(header::WARNING, v);

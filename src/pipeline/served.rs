@@ -64,7 +64,7 @@ impl Proxy {
         // The decision by tag was taken (and audited) before the request went upstream;
         // only a different rule is a new decision.
         let verdict = if by_digest.rule_id != policy.evaluate(&subject(None)).rule_id {
-            Some(self.gate.enforce(by_digest, &check).await?)
+            Some(self.gate.enforce(by_digest, &check)?)
         } else {
             None
         };

@@ -99,7 +99,7 @@ impl Proxy {
         let mut denied = None;
         let mut first_allowed = None;
         for (i, target) in targets.iter().enumerate() {
-            let verdict = match self.gate.check(&ask.check(target)).await {
+            let verdict = match self.gate.check(&ask.check(target)) {
                 Ok(v) => v,
                 Err(e) => {
                     denied.get_or_insert(e);
