@@ -63,7 +63,7 @@ use intent::{
     route_digest, route_tag, what, Intent,
 };
 use outcome::{Decided, Outcome, Trail};
-use push::Staged;
+use push::{Publication, Push, PushStager, Staged};
 // Re-exported so the rest of the crate keeps naming them `crate::pipeline::...`.
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
@@ -175,7 +175,8 @@ pub struct Proxy {
     pub(crate) gate: Gate,
     audit: Arc<Audit>,
     pub(crate) provenance: Option<Arc<Provenance>>,
-    pub(crate) stage: Option<Arc<Stage>>,
+    /// Push staging, when private-push protection has a stage to keep uploads in.
+    stager: Option<PushStager>,
     referrer_locks: referrers::Locks,
     uploads: uploads::Uploads,
 }
@@ -187,6 +188,9 @@ impl Proxy {
         live: Arc<LivePolicy>,
         stores: Stores,
     ) -> Result<Proxy, UpstreamError> {
+        let stager = stores
+            .stage
+            .map(|stage| PushStager::new(stage, stores.provenance.clone(), metrics.clone()));
         Ok(Proxy {
             hub_search: config.forward.docker_hub_search,
             resolver: Resolver::new(&config.resolve, config.registries.keys().cloned()),
@@ -198,7 +202,7 @@ impl Proxy {
             gate: Gate::new(config.policy.confirm_window),
             audit: stores.audit,
             provenance: stores.provenance,
-            stage: stores.stage,
+            stager,
             referrer_locks: referrers::Locks::new(),
             uploads: uploads::Uploads::new(),
         })
@@ -445,17 +449,11 @@ impl Proxy {
                 // From here every answer, good or failed, is about this registry.
                 trail.served(&target);
                 if ask.op == Operation::Push {
-                    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
-                    let staged = self.staged(&route, &raw_name, &target, &ask, req);
-                    let req = match Box::pin(staged).await? {
-                        Staged::Answered(resp) => {
-                            let with = self.staged_with_referrers(
-                                &route,
-                                &target,
-                                authorization.as_ref(),
-                                resp,
-                            );
-                            return Ok(with_warning(Box::pin(with).await, verdict));
+                    let req = match Box::pin(self.stage(&ask, &raw_name, &target, req)).await? {
+                        Staged::Answered(resp) => return Ok(with_warning(resp, verdict)),
+                        Staged::Publish(publication) => {
+                            let publish = self.publish(&ask, &raw_name, &target, publication);
+                            return Ok(with_warning(Box::pin(publish).await?, verdict));
                         }
                         Staged::Forward(req) => req,
                     };
@@ -490,8 +488,10 @@ impl Proxy {
                     let delete = self.delete_with_referrers(&route, &raw_name, &target, req);
                     return Ok(with_warning(Box::pin(delete).await?, verdict));
                 }
-                if let Some(resp) = self.staged_blob(&ask, &target, &method).await {
-                    return Ok(resp);
+                if let Some(stager) = &self.stager {
+                    if let Some(resp) = stager.blob(&ask, &target, &method).await {
+                        return Ok(resp);
+                    }
                 }
                 if let Some(resp) = self.cached_manifest(&route, &target, &method).await {
                     return Ok(with_warning(resp, verdict));
@@ -650,8 +650,57 @@ impl Proxy {
         Ok((resp, by_digest.unwrap_or(verdict)))
     }
 
-    pub(crate) fn upstreams(&self) -> &Upstreams {
-        &self.upstreams
+    /// A push request through staging, when there is a stage: answered there, judged there
+    /// (a staged manifest), or handed back to be forwarded.
+    async fn stage(
+        &self,
+        ask: &Ask<'_>,
+        raw_name: &str,
+        target: &Target,
+        req: Request<Incoming>,
+    ) -> Result<Staged, ProxyError> {
+        let Some(stager) = &self.stager else {
+            return Ok(Staged::Forward(req));
+        };
+        let upstream = self
+            .upstreams
+            .get(&target.registry)
+            .ok_or_else(|| ProxyError::RegistryNotAllowed(target.registry.clone()))?;
+        let push = Push {
+            route: ask.route,
+            raw_name,
+            target,
+            ask,
+            upstream,
+        };
+        stager.stage(&push, &self.gate, req).await
+    }
+
+    /// The manifest of a staged push, after its blobs: sent as any manifest push, and the
+    /// stager told whether the destination took it.
+    async fn publish(
+        &self,
+        ask: &Ask<'_>,
+        raw_name: &str,
+        target: &Target,
+        publication: Publication,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Publication {
+            manifest,
+            blobs,
+            verdict,
+        } = publication;
+        let sent = self.push_with_referrers(ask.route, raw_name, target, manifest);
+        let resp = Box::pin(sent).await;
+        if let Some(stager) = &self.stager {
+            let accepted = resp.as_ref().is_ok_and(|r| r.status().is_success());
+            stager.published(&blobs, target, ask.policy, accepted);
+        }
+        let resp = resp?;
+        Ok(match verdict {
+            Some(verdict) => with_warning(resp, verdict),
+            None => resp,
+        })
     }
 }
 

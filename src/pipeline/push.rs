@@ -8,6 +8,7 @@
 //! ([`crate::pipeline::verdict::Gate::check`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -20,7 +21,9 @@ use crate::body::{boxed, empty, full, ProxyBody};
 use crate::error::ProxyError;
 use crate::pipeline::plan::Target;
 
-use crate::pipeline::{Ask, Proxy, MAX_MANIFEST};
+use crate::metrics::Metrics;
+use crate::pipeline::verdict::{Gate, Verdict};
+use crate::pipeline::{Ask, MAX_MANIFEST};
 use crate::policy::PushContent;
 use crate::route::Route;
 use crate::store::provenance::{Provenance, ProvenanceError, Seen};
@@ -143,6 +146,15 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// A staged upload's body, cut when the client stops sending for the registry's body
+/// timeout, so a stalled client never holds a session (or its file) open for good.
+fn client_body(upstream: &Upstream, body: Incoming) -> ProxyBody {
+    boxed(crate::body::IdleTimeout::new(
+        body,
+        upstream.config.body_timeout,
+    ))
+}
+
 /// The push a staged upload belongs to.
 fn owner(ask: &Ask<'_>, target: &Target) -> stage::Owner {
     stage::Owner {
@@ -193,25 +205,73 @@ fn upload_response(
 
 /// What staging made of a push request.
 pub(crate) enum Staged {
-    /// Staged: portcullis answered it (an upload kept locally, a published manifest).
+    /// Staged: portcullis answered it (an upload kept locally).
     Answered(Response<ProxyBody>),
+    /// The manifest of a staged push, judged and its blobs sent: it goes upstream now, and
+    /// [`PushStager::published`] is told how that went.
+    Publish(Publication),
     /// Not staged: it goes upstream as it came.
     Forward(Request<Incoming>),
 }
 
-impl Proxy {
-    /// Serve a push request locally when the push is staged; `None` means "forward it".
-    pub(crate) async fn staged(
+/// A staged push whose content the policy allowed: its manifest, read whole, and the blobs
+/// sent ahead of it.
+pub(crate) struct Publication {
+    pub manifest: Request<ProxyBody>,
+    pub blobs: Blobs,
+    /// The content decision, when a `[[private]]` rule took one.
+    pub verdict: Option<Verdict>,
+}
+
+/// The blobs of a published manifest.
+pub(crate) struct Blobs {
+    /// Every blob the manifest references, for provenance.
+    all: Vec<String>,
+    /// The ones this push staged (the destination had the others).
+    staged: Vec<String>,
+}
+
+/// One push request as staging sees it.
+pub(crate) struct Push<'a> {
+    pub route: &'a Route,
+    pub raw_name: &'a str,
+    pub target: &'a Target,
+    pub ask: &'a Ask<'a>,
+    /// The destination.
+    pub upstream: &'a Upstream,
+}
+
+/// The one owner of push staging: the stage the uploads are kept in and the provenance
+/// store the content decision reads and the published push writes.
+pub(crate) struct PushStager {
+    stage: Arc<Stage>,
+    provenance: Option<Arc<Provenance>>,
+    metrics: Arc<Metrics>,
+}
+
+impl PushStager {
+    pub fn new(
+        stage: Arc<Stage>,
+        provenance: Option<Arc<Provenance>>,
+        metrics: Arc<Metrics>,
+    ) -> PushStager {
+        PushStager {
+            stage,
+            provenance,
+            metrics,
+        }
+    }
+
+    /// Serve a push request locally when the push is staged, or judge a staged push's
+    /// manifest; anything else is [`Staged::Forward`]ed as it came.
+    pub async fn stage(
         &self,
-        route: &Route,
-        raw_name: &str,
-        target: &Target,
-        ask: &Ask<'_>,
+        push: &Push<'_>,
+        gate: &Gate,
         req: Request<Incoming>,
     ) -> Result<Staged, ProxyError> {
-        let Some(stage) = self.stage.clone() else {
-            return Ok(Staged::Forward(req));
-        };
+        let (route, raw_name, target, ask) = (push.route, push.raw_name, push.target, push.ask);
+        let stage = &self.stage;
         let staging = ask.policy.private_needs_content(&target.registry);
         let method = req.method().clone();
         let query = req.uri().query().map(str::to_owned);
@@ -233,7 +293,7 @@ impl Proxy {
                 let id = stage
                     .start(&target.registry, owner(ask, target))
                     .map_err(|e| ProxyError::TooManyRequests(e.to_string()))?;
-                let body = self.client_body(target, req.into_body());
+                let body = client_body(push.upstream, req.into_body());
                 match query_param(query.as_deref(), "digest") {
                     // A monolithic upload in the POST itself.
                     Some(digest) => {
@@ -267,7 +327,7 @@ impl Proxy {
                 match method {
                     Method::PATCH => {
                         let size = stage
-                            .append(session, self.client_body(target, req.into_body()))
+                            .append(session, client_body(push.upstream, req.into_body()))
                             .await
                             .map_err(stage_error)?;
                         upload_response(StatusCode::ACCEPTED, location, Some(session), Some(size))
@@ -279,7 +339,11 @@ impl Proxy {
                             )
                         })?;
                         stage
-                            .finish(session, &digest, self.client_body(target, req.into_body()))
+                            .finish(
+                                session,
+                                &digest,
+                                client_body(push.upstream, req.into_body()),
+                            )
                             .await
                             .map_err(stage_error)?;
                         done(&digest)
@@ -301,42 +365,25 @@ impl Proxy {
                 }
             }
             Route::Manifest { .. } if staging && method == Method::PUT => {
-                return self
-                    .publish(route, raw_name, target, ask, &stage, req)
-                    .await
-                    .map(Staged::Answered);
+                return self.publish(push, gate, req).await.map(Staged::Publish);
             }
             _ => return Ok(Staged::Forward(req)),
         };
-        self.metrics
-            .staged_bytes
-            .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
+        self.count_staged();
         Ok(Staged::Answered(resp))
     }
 
-    /// A staged upload's body, cut when the client stops sending for the registry's body
-    /// timeout, so a stalled client never holds a session (or its file) open for good.
-    fn client_body(&self, target: &Target, body: Incoming) -> ProxyBody {
-        let timeout = self
-            .upstreams()
-            .get(&target.registry)
-            .map_or(std::time::Duration::from_secs(60), |u| {
-                u.config.body_timeout
-            });
-        boxed(crate::body::IdleTimeout::new(body, timeout))
-    }
-
     /// A blob HEAD/GET that a staged push is waiting on (docker checks every upload).
-    pub(crate) async fn staged_blob(
+    pub async fn blob(
         &self,
         ask: &Ask<'_>,
         target: &Target,
         method: &Method,
     ) -> Option<Response<ProxyBody>> {
-        let route = ask.route;
-        let (Some(stage), Route::Blob { digest, .. }) = (&self.stage, route) else {
+        let Route::Blob { digest, .. } = ask.route else {
             return None;
         };
+        let stage = &self.stage;
         let blob = stage.owned(&target.registry, digest.as_str(), &owner(ask, target))?;
         let body = if *method == Method::HEAD {
             empty()
@@ -356,25 +403,20 @@ impl Proxy {
         Some(resp)
     }
 
-    /// The manifest of a staged push: decide on its content, then send its staged blobs and
-    /// the manifest upstream, or drop them all.
+    /// The manifest of a staged push: decide on its content, then send its staged blobs
+    /// upstream and hand the manifest back to go after them, or drop them all.
     async fn publish(
         &self,
-        route: &Route,
-        raw_name: &str,
-        target: &Target,
-        ask: &Ask<'_>,
-        stage: &Stage,
+        push: &Push<'_>,
+        gate: &Gate,
         req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Publication, ProxyError> {
+        let (target, ask, upstream) = (push.target, push.ask, push.upstream);
+        let stage = &*self.stage;
         let (parts, body) = req.into_parts();
-        let bytes = crate::pipeline::collect_limited(boxed(body), MAX_MANIFEST).await?;
+        let body = client_body(upstream, body);
+        let bytes = crate::pipeline::collect_limited(body, MAX_MANIFEST).await?;
         let facts = ManifestFacts::parse(&bytes)?;
-        let upstream = self
-            .upstreams()
-            .get(&target.registry)
-            .ok_or_else(|| ProxyError::RegistryNotAllowed(target.registry.clone()))?
-            .clone();
         let staged: Vec<String> = facts
             .blobs
             .iter()
@@ -386,11 +428,7 @@ impl Proxy {
             .cloned()
             .collect();
         let labels = match &facts.config {
-            Some(config) => labels(
-                &self
-                    .read_blob(stage, &upstream, ask, target, config)
-                    .await?,
-            ),
+            Some(config) => labels(&self.read_blob(stage, upstream, ask, target, config).await?),
             None => HashMap::new(),
         };
         let policy = ask.policy;
@@ -412,7 +450,7 @@ impl Proxy {
         };
         let verdict = match policy.private_push(&content) {
             None => None,
-            Some(decision) => match self.gate.enforce(decision, &ask.check(target)) {
+            Some(decision) => match gate.enforce(decision, &ask.check(target)) {
                 Ok(v) => Some(v),
                 Err(denied) => {
                     self.drop_staged(stage, target, &staged);
@@ -421,13 +459,31 @@ impl Proxy {
             },
         };
         for digest in &staged {
-            self.send_staged(stage, &upstream, target, digest).await?;
+            self.send_staged(stage, upstream, target, digest).await?;
         }
-        let req = Request::from_parts(parts, full(bytes));
-        let resp = self.forward(route, raw_name, target, req).await?;
-        if resp.status().is_success() {
-            for d in &staged {
-                stage.remove(&target.registry, d);
+        Ok(Publication {
+            manifest: Request::from_parts(parts, full(bytes)),
+            blobs: Blobs {
+                all: facts.blobs,
+                staged,
+            },
+            verdict,
+        })
+    }
+
+    /// The destination took a published manifest (`accepted`): the staged blobs are done
+    /// with, and its blobs are recorded as seen there. A refused manifest leaves its blobs
+    /// staged, for the client's retry.
+    pub fn published(
+        &self,
+        blobs: &Blobs,
+        target: &Target,
+        policy: &crate::policy::Policy,
+        accepted: bool,
+    ) {
+        if accepted {
+            for d in &blobs.staged {
+                self.stage.remove(&target.registry, d);
             }
             if let Some(store) = &self.provenance {
                 let seen = if policy.is_public(&target.registry) {
@@ -435,18 +491,19 @@ impl Proxy {
                 } else {
                     Seen::Private
                 };
-                if let Err(e) = store.record_many_named(&facts.blobs, seen, &target.to_string()) {
+                let named = target.to_string();
+                if let Err(e) = store.record_many_named(&blobs.all, seen, &named) {
                     warn!(error = %e, "cannot record blob provenance");
                 }
             }
         }
+        self.count_staged();
+    }
+
+    fn count_staged(&self) {
         self.metrics
             .staged_bytes
-            .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
-        Ok(match verdict {
-            Some(verdict) => crate::pipeline::with_warning(resp, verdict),
-            None => resp,
-        })
+            .set(i64::try_from(self.stage.used_bytes()).unwrap_or(i64::MAX));
     }
 
     /// Where the staged blobs of a push were seen. A store that cannot answer leaves a
@@ -473,9 +530,7 @@ impl Proxy {
         for d in staged {
             stage.remove(&target.registry, d);
         }
-        self.metrics
-            .staged_bytes
-            .set(i64::try_from(stage.used_bytes()).unwrap_or(i64::MAX));
+        self.count_staged();
         info!(target = %target, blobs = staged.len(), "push refused; staged blobs dropped, nothing sent");
     }
 

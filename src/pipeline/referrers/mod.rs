@@ -35,7 +35,9 @@ use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError};
 use index::{Index, INDEX_MEDIA_TYPE};
 
 use super::intent::query_value;
-use super::{collect_limited, with_warning, Ask, Proxy, MAX_MANIFEST, RESOLVED_HEADER};
+use super::{
+    collect_limited, with_warning, Ask, IntoProxyBody, Proxy, MAX_MANIFEST, RESOLVED_HEADER,
+};
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
@@ -172,13 +174,16 @@ impl Proxy {
 
     /// A manifest PUT: sent upstream as any push, then its subject's index updated when the
     /// upstream has no referrers API. Anything else is forwarded.
-    pub(super) async fn push_with_referrers(
+    pub(super) async fn push_with_referrers<B>(
         &self,
         route: &Route,
         raw_name: &str,
         target: &Target,
-        req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+        req: Request<B>,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: IntoProxyBody,
+    {
         let Route::Manifest { reference, .. } = route else {
             return self.forward(route, raw_name, target, req).await;
         };
@@ -194,7 +199,10 @@ impl Proxy {
             .map(str::to_owned);
         let (parts, body) = req.into_parts();
         // forward reads a manifest whole anyway; read here, the bytes are also the entry.
-        let body = boxed(IdleTimeout::new(body, upstream.config.body_timeout));
+        let body = boxed(IdleTimeout::new(
+            body.into_proxy_body(),
+            upstream.config.body_timeout,
+        ));
         let bytes = collect_limited(body, MAX_MANIFEST).await?;
         let req = Request::from_parts(parts, full(bytes.clone()));
         let resp = Box::pin(self.forward(route, raw_name, target, req)).await?;
@@ -210,50 +218,6 @@ impl Proxy {
         Ok(self
             .after_push(&site, &digest, &bytes, content_type.as_deref(), resp)
             .await)
-    }
-
-    /// A manifest PUT that staging sent upstream: the manifest is read back by the digest
-    /// the upstream answered, when a referrers index may need it.
-    pub(super) async fn staged_with_referrers(
-        &self,
-        route: &Route,
-        target: &Target,
-        authorization: Option<&HeaderValue>,
-        resp: Response<ProxyBody>,
-    ) -> Response<ProxyBody> {
-        let manifest_put = matches!(route, Route::Manifest { .. });
-        if !manifest_put || !needs_index(&resp) {
-            return resp;
-        }
-        let Some(digest) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|d| d.parse::<Digest>().ok())
-        else {
-            return resp;
-        };
-        let (Ok(upstream), Ok(identity)) =
-            (self.upstream(target), self.identity(target, authorization))
-        else {
-            return resp;
-        };
-        let site = Site {
-            upstream,
-            target,
-            identity,
-        };
-        match read_manifest(&site, &digest).await {
-            Ok(Some(bytes)) => {
-                self.after_push(&site, digest.as_str(), &bytes, None, resp)
-                    .await
-            }
-            Ok(None) => resp,
-            Err(e) => {
-                self.index_failed(&site, &e);
-                resp
-            }
-        }
     }
 
     async fn after_push(
