@@ -29,17 +29,19 @@ pub mod referrers;
 mod respond;
 mod send;
 mod served;
+mod sources;
 mod uploads;
 pub mod verdict;
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::body::{full, ProxyBody};
 use crate::config::Config;
@@ -47,7 +49,7 @@ use crate::error::ProxyError;
 use crate::listing::search::Search;
 use crate::metrics::Metrics;
 use crate::pipeline::plan::{Plan, Resolver, Target};
-use crate::pipeline::verdict::{Check, Gate, Verdict};
+use crate::pipeline::verdict::{Check, Gate};
 use crate::policy::live::LivePolicy;
 use crate::policy::{Operation, Policy};
 use crate::reference::{Name, Repository, DOCKER_HUB};
@@ -59,11 +61,12 @@ use crate::store::stage::Stage;
 use crate::upstream::{Upstream, UpstreamError, Upstreams};
 
 use intent::{
-    basic_user, check_method, content_addressed, operation, policy_operation, query_value,
-    route_digest, route_tag, what, Intent,
+    basic_user, check_method, content_addressed, operation, policy_operation, route_digest,
+    route_tag, Intent,
 };
 use outcome::{Decided, Outcome, Trail};
-use push::{Publication, Push, PushStager, Staged};
+use push::PushStager;
+use sources::InOrder;
 // Re-exported so the rest of the crate keeps naming them `crate::pipeline::...`.
 pub(crate) use respond::with_warning;
 pub(crate) use send::collect_limited;
@@ -130,17 +133,6 @@ pub const MIRROR: &str = "mirror";
 struct Scoped<'a> {
     ns: Option<&'a str>,
     scope: Option<&'a str>,
-}
-
-/// A search or mirror pull, tried registry by registry.
-struct InOrder<'a> {
-    ask: &'a Ask<'a>,
-    raw_name: &'a str,
-    name: &'a Name,
-    policy: &'a crate::policy::Policy,
-    /// Decide the answer on its digest ([`served`]); `head`: the client asked with HEAD.
-    served: bool,
-    head: bool,
 }
 
 /// The stores a proxy writes to: the audit trail, and for private-push protection the
@@ -379,6 +371,8 @@ impl Proxy {
         self.upstreams.all()
     }
 
+    /// A request about one repository: its name, the plan resolution makes of it, and the
+    /// plan carried out (one registry, a search, or mirrors).
     async fn repository(
         &self,
         route: Route,
@@ -389,40 +383,10 @@ impl Proxy {
         trail: &Trail,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let raw_name = route.name().unwrap_or_default().to_owned();
-        let (ns, scope) = (scoped.ns, scoped.scope);
-        let name = match scope {
-            None => Name::parse(&raw_name)?,
-            Some(registry) => self.scoped_name(registry, &raw_name)?,
-        };
-        if let Name::Qualified { registry, .. } = &name {
-            trail.named(registry);
-        }
-        if let (Some(ns), None) = (ns, scope) {
-            // The path names the registry here; an `ns` must agree with it.
-            match &name {
-                Name::Qualified { registry, .. } if registry.as_str() == ns => {}
-                _ => {
-                    return Err(ProxyError::BadRequest(format!(
-                        "ns={ns} does not name the registry of {raw_name}"
-                    )))
-                }
-            }
-        }
+        let name = self.name(&raw_name, scoped, trail)?;
         check_method(&route, req.method())?;
         let method = req.method().clone();
-        let reading = matches!(method, Method::GET | Method::HEAD)
-            && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. });
-        let blob_head = method == Method::HEAD && matches!(route, Route::Blob { .. });
-        let plan = if !reading {
-            Plan::One(self.resolver.for_push(&name)?)
-        } else if content_addressed(&route) {
-            self.resolver
-                .for_blob(&name, policy)
-                .map_err(|e| refused_head(e, blob_head, || true))?
-        } else {
-            self.resolver
-                .for_pull(&name, policy, route_digest(&route).is_some())?
-        };
+        let plan = self.plan(&route, &method, &name, policy)?;
         let ask = Ask {
             policy,
             trail,
@@ -440,92 +404,117 @@ impl Proxy {
         if head {
             *req.method_mut() = Method::GET;
         }
-        let mirrors = matches!(plan, Plan::Mirrors(_));
+        let order = InOrder {
+            ask: &ask,
+            raw_name: &raw_name,
+            name: &name,
+            served,
+            head,
+        };
         match plan {
-            Plan::One(target) => {
-                let verdict = self.gate.check(&ask.check(&target)).map_err(|e| {
-                    refused_head(e, blob_head, || self.gate.refuses_push(ask.policy, &target))
-                })?;
-                // From here every answer, good or failed, is about this registry.
-                trail.served(&target);
-                if ask.op == Operation::Push {
-                    let req = match Box::pin(self.stage(&ask, &raw_name, &target, req)).await? {
-                        Staged::Answered(resp) => return Ok(with_warning(resp, verdict)),
-                        Staged::Publish(publication) => {
-                            let publish = self.publish(&ask, &raw_name, &target, publication);
-                            return Ok(with_warning(Box::pin(publish).await?, verdict));
-                        }
-                        Staged::Forward(req) => req,
-                    };
-                    let req = match route {
-                        Route::UploadStart { .. } => {
-                            self.judge_mount(req, &ask, &target, scope).await?
-                        }
-                        _ => req,
-                    };
-                    let pushed = match (&route, &method) {
-                        (Route::Upload { .. }, &Method::PUT) => {
-                            query_value(req.uri().query(), "digest")
-                        }
-                        (Route::UploadStart { .. }, _) => query_value(req.uri().query(), "mount"),
-                        _ => None,
-                    };
-                    let resp = match route {
-                        Route::Upload { .. } | Route::UploadStart { .. } => {
-                            Box::pin(self.forward_upload(&route, &raw_name, &target, req)).await?
-                        }
-                        _ => {
-                            let push = self.push_with_referrers(&route, &raw_name, &target, req);
-                            Box::pin(push).await?
-                        }
-                    };
-                    if let (Some(digest), StatusCode::CREATED) = (pushed, resp.status()) {
-                        self.record_pushed(ask.policy, &digest, &target);
-                    }
-                    return Ok(with_warning(resp, verdict));
+            Plan::One(target) => Box::pin(self.one(&order, &target, scoped.scope, req)).await,
+            Plan::Search(targets) => Box::pin(self.search(&order, &targets, req)).await,
+            Plan::Mirrors(targets) => Box::pin(self.mirrors(&order, &targets, req)).await,
+        }
+    }
+
+    /// The name a request is about, relative to its scope; an `ns` must agree with it.
+    fn name(&self, raw_name: &str, scoped: &Scoped<'_>, trail: &Trail) -> Result<Name, ProxyError> {
+        let (ns, scope) = (scoped.ns, scoped.scope);
+        let name = match scope {
+            None => Name::parse(raw_name)?,
+            Some(registry) => self.scoped_name(registry, raw_name)?,
+        };
+        if let Name::Qualified { registry, .. } = &name {
+            trail.named(registry);
+        }
+        if let (Some(ns), None) = (ns, scope) {
+            // The path names the registry here.
+            match &name {
+                Name::Qualified { registry, .. } if registry.as_str() == ns => {}
+                _ => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "ns={ns} does not name the registry of {raw_name}"
+                    )))
                 }
-                if ask.op == Operation::Delete && matches!(route, Route::Manifest { .. }) {
-                    let delete = self.delete_with_referrers(&route, &raw_name, &target, req);
-                    return Ok(with_warning(Box::pin(delete).await?, verdict));
-                }
-                if let Some(stager) = &self.stager {
-                    if let Some(resp) = stager.blob(&ask, &target, &method).await {
-                        return Ok(resp);
-                    }
-                }
-                if let Some(resp) = self.cached_manifest(&route, &target, &method).await {
-                    return Ok(with_warning(resp, verdict));
-                }
-                // Boxed, like every large future here: an async fn's future holds the futures
-                // it awaits, and each level of nesting copies them again. Inline, the request
-                // future was 50 KB and moving it was a tenth of the per-request instructions;
-                // boxed at this level it is under 4 KB.
-                let resp = Box::pin(self.forward(&route, &raw_name, &target, req)).await?;
-                let (resp, verdict) = if served {
-                    let (resp, by_digest) =
-                        Box::pin(self.judge_served(&ask, &target, policy, resp, head)).await?;
-                    (resp, by_digest.unwrap_or(verdict))
-                } else {
-                    (resp, verdict)
-                };
-                if reading && resp.status().is_success() {
-                    self.resolver.remember(&name, &target.registry);
-                    self.record_provenance(ask.policy, &route, &target);
-                }
-                Ok(with_warning(resp, verdict))
-            }
-            Plan::Search(targets) | Plan::Mirrors(targets) => {
-                let order = InOrder {
-                    ask: &ask,
-                    raw_name: &raw_name,
-                    name: &name,
-                    policy,
-                    served,
-                    head,
-                };
-                Box::pin(self.in_order(&order, &targets, req, mirrors)).await
             }
         }
+        Ok(name)
+    }
+
+    /// Which registries a request goes to: writes to the push registry, content-addressed
+    /// reads of a short name where its manifest came from, other reads by resolution.
+    fn plan(
+        &self,
+        route: &Route,
+        method: &Method,
+        name: &Name,
+        policy: &Policy,
+    ) -> Result<Plan, ProxyError> {
+        if !reads(route, method) {
+            return Ok(Plan::One(self.resolver.for_push(name)?));
+        }
+        if content_addressed(route) {
+            let blob_head = *method == Method::HEAD && matches!(route, Route::Blob { .. });
+            return self
+                .resolver
+                .for_blob(name, policy)
+                .map_err(|e| refused_head(e, blob_head, || true));
+        }
+        self.resolver
+            .for_pull(name, policy, route_digest(route).is_some())
+    }
+
+    /// A request to the one registry of its plan: decided, then written (push, delete) or
+    /// read (from staging, the manifest cache, or the registry).
+    async fn one(
+        &self,
+        order: &InOrder<'_>,
+        target: &Target,
+        scope: Option<&str>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (ask, route, raw_name) = (order.ask, order.ask.route, order.raw_name);
+        let method = req.method().clone();
+        let blob_head = method == Method::HEAD && matches!(route, Route::Blob { .. });
+        let verdict = self.gate.check(&ask.check(target)).map_err(|e| {
+            refused_head(e, blob_head, || self.gate.refuses_push(ask.policy, target))
+        })?;
+        // From here every answer, good or failed, is about this registry.
+        ask.trail.served(target);
+        if ask.op == Operation::Push {
+            let push = self.push(ask, raw_name, target, scope, req);
+            return Ok(with_warning(Box::pin(push).await?, verdict));
+        }
+        if ask.op == Operation::Delete && matches!(route, Route::Manifest { .. }) {
+            let delete = self.delete_with_referrers(route, raw_name, target, req);
+            return Ok(with_warning(Box::pin(delete).await?, verdict));
+        }
+        if let Some(stager) = &self.stager {
+            if let Some(resp) = stager.blob(ask, target, &method).await {
+                return Ok(resp);
+            }
+        }
+        if let Some(resp) = self.cached_manifest(route, target, &method).await {
+            return Ok(with_warning(resp, verdict));
+        }
+        // Boxed, like every large future here: an async fn's future holds the futures it
+        // awaits, and each level of nesting copies them again. Inline, the request future
+        // was 50 KB and moving it was a tenth of the per-request instructions; boxed at this
+        // level it is under 4 KB.
+        let resp = Box::pin(self.forward(route, raw_name, target, req)).await?;
+        let (resp, verdict) = if order.served {
+            let judged = self.judge_served(ask, target, ask.policy, resp, order.head);
+            let (resp, by_digest) = Box::pin(judged).await?;
+            (resp, by_digest.unwrap_or(verdict))
+        } else {
+            (resp, verdict)
+        };
+        if reads(route, &method) && resp.status().is_success() {
+            self.resolver.remember(order.name, &target.registry);
+            self.record_provenance(ask.policy, route, target);
+        }
+        Ok(with_warning(resp, verdict))
     }
 
     /// The registry a request's names are relative to: the intercepted host, or on the
@@ -546,162 +535,13 @@ impl Proxy {
             (_, _, registry) => Ok(registry),
         }
     }
+}
 
-    /// A short-name pull (`mirrors == false`): the first registry that has it wins.
-    /// Not-found (404, and the 401/403 registries answer for names that do not exist or are
-    /// not visible) moves on; an outage stops, so it never silently swaps in another
-    /// registry's image. Registries the policy denies are skipped, never contacted.
-    /// registries.conf mirrors (`mirrors == true`): any failure moves on to the next
-    /// source, and the primary location (last) answers whatever it answers.
-    async fn in_order(
-        &self,
-        order: &InOrder<'_>,
-        targets: &[Target],
-        req: Request<Incoming>,
-        mirrors: bool,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, _) = req.into_parts();
-        let (ask, raw_name) = (order.ask, order.raw_name);
-        let route = ask.route;
-        let mut tried = Vec::new();
-        let mut denied = None;
-        for (i, target) in targets.iter().enumerate() {
-            let verdict = match self.gate.check(&ask.check(target)) {
-                Ok(v) => v,
-                Err(e) => {
-                    denied.get_or_insert(e);
-                    continue;
-                }
-            };
-            let last = i + 1 == targets.len();
-            let req = Request::from_parts(parts.clone(), ());
-            let resp = match self
-                .forward(route, raw_name, target, req.map(|()| None))
-                .await
-            {
-                Ok(resp) => resp,
-                Err(e) if mirrors && !last => {
-                    warn!(mirror = %target, error = %e, "mirror failed; trying the next source");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let status = resp.status();
-            let found = !matches!(
-                status,
-                StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-            ) && !status.is_server_error();
-            if mirrors && (found || last) {
-                let (resp, verdict) = self.served(order, target, resp, verdict).await?;
-                if found {
-                    self.record_provenance(order.policy, route, target);
-                }
-                ask.trail.served(target);
-                return Ok(with_warning(resp, verdict));
-            }
-            if mirrors {
-                continue;
-            }
-            if status.is_server_error() {
-                return Err(UpstreamError::Status {
-                    registry: target.registry.clone(),
-                    status,
-                }
-                .into());
-            }
-            if !found {
-                tried.push(target.to_string());
-                continue;
-            }
-            let (resp, verdict) = self.served(order, target, resp, verdict).await?;
-            info!(name = %raw_name, resolved = %target, "short name resolved");
-            self.metrics
-                .resolutions
-                .with_label_values(&[&target.registry])
-                .inc();
-            self.resolver.remember(order.name, &target.registry);
-            self.record_provenance(order.policy, route, target);
-            ask.trail.served(target);
-            return Ok(with_warning(resp, verdict));
-        }
-        if let (Some(denial), true) = (denied, tried.is_empty()) {
-            return Err(denial);
-        }
-        Err(ProxyError::NotFound {
-            name: raw_name.to_owned(),
-            what: what(route),
-            tried: tried.join(", "),
-        })
-    }
-
-    /// The digest decision of a search or mirror answer, when the policy needs one.
-    async fn served(
-        &self,
-        order: &InOrder<'_>,
-        target: &Target,
-        resp: Response<ProxyBody>,
-        verdict: Verdict,
-    ) -> Result<(Response<ProxyBody>, Verdict), ProxyError> {
-        if !order.served {
-            return Ok((resp, verdict));
-        }
-        let judged = self.judge_served(order.ask, target, order.policy, resp, order.head);
-        let (resp, by_digest) = Box::pin(judged).await?;
-        Ok((resp, by_digest.unwrap_or(verdict)))
-    }
-
-    /// A push request through staging, when there is a stage: answered there, judged there
-    /// (a staged manifest), or handed back to be forwarded.
-    async fn stage(
-        &self,
-        ask: &Ask<'_>,
-        raw_name: &str,
-        target: &Target,
-        req: Request<Incoming>,
-    ) -> Result<Staged, ProxyError> {
-        let Some(stager) = &self.stager else {
-            return Ok(Staged::Forward(req));
-        };
-        let upstream = self
-            .upstreams
-            .get(&target.registry)
-            .ok_or_else(|| ProxyError::RegistryNotAllowed(target.registry.clone()))?;
-        let push = Push {
-            route: ask.route,
-            raw_name,
-            target,
-            ask,
-            upstream,
-        };
-        stager.stage(&push, &self.gate, req).await
-    }
-
-    /// The manifest of a staged push, after its blobs: sent as any manifest push, and the
-    /// stager told whether the destination took it.
-    async fn publish(
-        &self,
-        ask: &Ask<'_>,
-        raw_name: &str,
-        target: &Target,
-        publication: Publication,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let Publication {
-            manifest,
-            blobs,
-            verdict,
-        } = publication;
-        let sent = self.push_with_referrers(ask.route, raw_name, target, manifest);
-        let resp = Box::pin(sent).await;
-        if let Some(stager) = &self.stager {
-            let accepted = resp.as_ref().is_ok_and(|r| r.status().is_success());
-            stager.published(&blobs, target, ask.policy, accepted);
-        }
-        let resp = resp?;
-        Ok(match verdict {
-            Some(verdict) => with_warning(resp, verdict),
-            None => resp,
-        })
-    }
+/// Reads of a repository (manifests, blobs, tags, referrers); upload requests are writes,
+/// whatever their method.
+fn reads(route: &Route, method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && !matches!(route, Route::Upload { .. } | Route::UploadStart { .. })
 }
 
 /// A refused blob `HEAD` becomes "unknown" when a push there is refused too (`push_refused`),

@@ -35,6 +35,7 @@ use crate::upstream::{read_limited, Outgoing, Upstream, UpstreamError};
 use index::{Index, INDEX_MEDIA_TYPE};
 
 use super::intent::query_value;
+use super::sources::{Allowed, Try};
 use super::{
     collect_limited, with_warning, Ask, IntoProxyBody, Proxy, MAX_MANIFEST, RESOLVED_HEADER,
 };
@@ -98,17 +99,14 @@ impl Proxy {
         };
         let (parts, _) = req.into_parts();
         let filter = query_value(parts.uri.query(), "artifactType");
-        let mut denied = None;
+        let mut allowed = Allowed::new(&self.gate, ask, &targets);
         let mut first_allowed = None;
-        for (i, target) in targets.iter().enumerate() {
-            let verdict = match self.gate.check(&ask.check(target)) {
-                Ok(v) => v,
-                Err(e) => {
-                    denied.get_or_insert(e);
-                    continue;
-                }
-            };
-            let last = i + 1 == targets.len();
+        while let Some(Try {
+            target,
+            verdict,
+            last,
+        }) = allowed.next()
+        {
             let req = Request::from_parts(parts.clone(), ()).map(|()| None::<Incoming>);
             match self
                 .referrers_at(ask.route, raw_name, target, digest, filter.as_deref(), req)
@@ -127,7 +125,7 @@ impl Proxy {
                 Err(e) => return Err(e),
             }
         }
-        match (first_allowed, denied) {
+        match (first_allowed, allowed.denied) {
             // No registry knows of a referrer: the spec's empty list.
             (Some((target, verdict)), _) => {
                 ask.trail.served(target);
