@@ -423,11 +423,61 @@ where
                         error = %e,
                         "upstream body aborted"
                     );
-                    this.metrics.body_aborted(this.registry, reason);
+                    this.metrics.body_aborted(this.registry, reason.as_str());
                 }
                 Poll::Ready(Some(Err(e)))
             }
             other => Poll::Ready(other.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the bytes of a body as they stream through.
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        counter: prometheus::IntCounter,
+    }
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, counter: prometheus::IntCounter) -> Self {
+        Counted { inner, counter }
+    }
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.counter.inc_by(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -561,5 +611,18 @@ mod tests {
         };
         assert_eq!(count("digest_mismatch"), 1);
         assert_eq!(count("truncated"), 0);
+    }
+
+    #[tokio::test]
+    async fn counted_bodies_count_bytes() {
+        let counter = prometheus::IntCounter::new("c", "c").expect("counter");
+        let body = Counted::new(full(Bytes::from_static(b"hello")), counter.clone());
+        let out = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        assert_eq!(&out[..], b"hello");
+        assert_eq!(counter.get(), 5);
     }
 }

@@ -13,6 +13,9 @@ use crate::reference::NameError;
 use crate::route::RouteError;
 use crate::upstream::UpstreamError;
 
+/// The challenge portcullis answers so that docker offers its credentials.
+pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
@@ -269,7 +272,7 @@ pub fn error_response(status: StatusCode, code: Code, message: &str) -> Response
     if status == StatusCode::UNAUTHORIZED {
         headers.insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(crate::pipeline::CLIENT_CHALLENGE),
+            HeaderValue::from_static(CLIENT_CHALLENGE),
         );
     }
     resp

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod reference;
 pub mod route;
 pub mod store;
+pub mod tls;
 pub mod toml_check;
 pub mod upstream;
 
@@ -36,7 +37,7 @@ pub use config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Tls(#[from] listen::tls::TlsError),
+    Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Upstream(#[from] upstream::UpstreamError),
     #[error("policy:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -58,32 +59,27 @@ pub enum RunError {
 
 /// The local CA (created on first start) and the registry endpoint's TLS configuration:
 /// configured files, or a certificate issued by the local CA.
-fn tls_setup(
-    config: &Config,
-) -> Result<(Arc<listen::tls::LocalCa>, Arc<rustls::ServerConfig>), RunError> {
+fn tls_setup(config: &Config) -> Result<(Arc<tls::LocalCa>, Arc<rustls::ServerConfig>), RunError> {
     let (ca, server) = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => {
-            let (ca, origin) = listen::tls::LocalCa::load_or_create(&config.state_dir)?;
-            let server = listen::tls::server_config(
-                listen::tls::load_certs(cert)?,
-                listen::tls::load_private_key(key)?,
-            )?;
+            let (ca, origin) = tls::LocalCa::load_or_create(&config.state_dir)?;
+            let server = tls::server_config(tls::load_certs(cert)?, tls::load_private_key(key)?)?;
             ((ca, origin), server)
         }
         _ => {
-            let identity = listen::tls::server_identity(&config.state_dir, &config.tls.names)?;
-            let server = listen::tls::server_config(identity.chain, identity.key)?;
+            let identity = tls::server_identity(&config.state_dir, &config.tls.names)?;
+            let server = tls::server_config(identity.chain, identity.key)?;
             ((identity.ca, identity.ca_origin), server)
         }
     };
     let (ca, origin) = ca;
     let ca_path = ca.cert_path().to_owned();
-    if origin == listen::tls::Origin::Created {
+    if origin == tls::Origin::Created {
         info!(ca = %ca_path.display(), "created a local CA for portcullis");
         eprintln!(
             "portcullis: created a local CA at {}\n{}",
             ca_path.display(),
-            listen::tls::trust_instructions(&ca_path)
+            tls::trust_instructions(&ca_path)
         );
     } else {
         info!(ca = %ca_path.display(), "using local CA");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use portcullis::listen::tls;
+use portcullis::tls;
 use portcullis::Config;
 
 #[derive(Parser)]

@@ -5,17 +5,11 @@
 //! is never a label, so the number of series does not grow with what clients pull.
 
 use std::collections::HashSet;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use prometheus::{
     exponential_buckets, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
-
-use crate::body::BoxError;
 
 const NS: &str = "portcullis";
 
@@ -297,9 +291,9 @@ impl Metrics {
     }
 
     /// Count an upstream body that failed on its way to the client.
-    pub fn body_aborted(&self, registry: &str, reason: crate::body::AbortReason) {
+    pub fn body_aborted(&self, registry: &str, reason: &str) {
         self.body_aborts
-            .with_label_values(&[self.registry_label(Some(registry)), reason.as_str()])
+            .with_label_values(&[self.registry_label(Some(registry)), reason])
             .inc();
     }
 }
@@ -314,60 +308,9 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Counts the bytes of a body as they stream through.
-    pub struct Counted<B> {
-        #[pin]
-        inner: B,
-        counter: IntCounter,
-    }
-}
-
-impl<B> Counted<B> {
-    pub fn new(inner: B, counter: IntCounter) -> Self {
-        Counted { inner, counter }
-    }
-}
-
-impl<B> Body for Counted<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.counter.inc_by(data.len() as u64);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
     #[test]
     fn registry_labels_are_bounded() {
@@ -391,21 +334,5 @@ mod tests {
             .gather()
             .iter()
             .all(|f| !f.name().starts_with("portcullis_")));
-    }
-
-    #[tokio::test]
-    async fn counted_bodies_count_bytes() {
-        let counter = IntCounter::new("c", "c").expect("counter");
-        let body = Counted::new(
-            crate::body::full(Bytes::from_static(b"hello")),
-            counter.clone(),
-        );
-        let out = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        assert_eq!(&out[..], b"hello");
-        assert_eq!(counter.get(), 5);
     }
 }

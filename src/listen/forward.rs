@@ -23,10 +23,10 @@ use tracing::{debug, info, warn};
 
 use crate::body::{full, ProxyBody};
 use crate::config::{Config, Credentials};
-use crate::listen::tls::{self, LocalCa, TlsError};
 use crate::listen::{Conn, Http};
 use crate::pipeline::Inbound;
 use crate::reference::normalize_registry;
+use crate::tls::{self, LocalCa, TlsError};
 use crate::upstream::auth::host_allowed;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -18,7 +18,6 @@
 
 pub mod admin;
 pub mod forward;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

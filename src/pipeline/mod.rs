@@ -73,8 +73,7 @@ pub(crate) use send::collect_limited;
 pub use send::IntoProxyBody;
 pub(crate) use uploads::check_chunk;
 
-/// The challenge portcullis answers so that docker offers its credentials.
-pub const CLIENT_CHALLENGE: &str = r#"Basic realm="portcullis""#;
+pub use crate::error::CLIENT_CHALLENGE;
 /// Names the fully qualified image every repository response was served from.
 pub const RESOLVED_HEADER: HeaderName = HeaderName::from_static("portcullis-resolved-name");
 /// The distribution spec suggests registries accept manifests of at least 4 MiB.

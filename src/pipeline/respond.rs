@@ -155,7 +155,7 @@ pub(super) async fn respond(
             let bytes = read_limited(body, MAX_MANIFEST, registry).await?;
             if let Reference::Digest(d) = reference {
                 if let Err(e) = verify_manifest(registry, d.as_str(), &bytes) {
-                    metrics.body_aborted(registry, AbortReason::DigestMismatch);
+                    metrics.body_aborted(registry, AbortReason::DigestMismatch.as_str());
                     return Err(e);
                 }
                 cacheable = Some(CachedManifest {

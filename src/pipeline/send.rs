@@ -8,9 +8,9 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response
 use hyper::body::{Body as _, Incoming};
 use tracing::warn;
 
+use crate::body::Counted;
 use crate::body::{boxed, empty, full, ProxyBody};
 use crate::error::ProxyError;
-use crate::metrics::Counted;
 use crate::pipeline::plan::Target;
 use crate::reference::{Name, Reference};
 use crate::route::Route;

@@ -145,14 +145,11 @@ pub struct Upstream {
 
 impl Upstream {
     fn new(config: RegistryConfig, metrics: Arc<Metrics>) -> Result<Upstream, UpstreamError> {
-        let tls = crate::listen::tls::client_config(
-            config.ca_file.as_deref(),
-            config.insecure_skip_verify,
-        )
-        .map_err(|e| UpstreamError::Tls {
-            registry: config.host.clone(),
-            message: e.to_string(),
-        })?;
+        let tls = crate::tls::client_config(config.ca_file.as_deref(), config.insecure_skip_verify)
+            .map_err(|e| UpstreamError::Tls {
+                registry: config.host.clone(),
+                message: e.to_string(),
+            })?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

@@ -1,4 +1,5 @@
-//! Local CA and TLS configuration.
+//! Local CA and TLS configuration, for both sides: the listeners' server configs and the
+//! upstream clients' root stores.
 //!
 //! portcullis terminates TLS for the docker daemon, which insists on HTTPS for anything but
 //! localhost registries. Rather than asking operators to bring certificates, it keeps a small
