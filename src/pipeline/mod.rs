@@ -29,6 +29,8 @@ pub mod referrers;
 mod respond;
 mod send;
 mod served;
+#[cfg(test)]
+mod tests;
 mod uploads;
 pub mod verdict;
 
