@@ -154,6 +154,70 @@ async fn send_the_clients_accept_lines_reach_the_upstream_each_unchanged() {
 }
 
 #[tokio::test]
+async fn plan_an_outage_of_a_search_registry_stops_the_search_instead_of_trying_the_next() {
+    let path = "/v2/team/app/manifests/1";
+    let one = Content::default().failing(path, StatusCode::SERVICE_UNAVAILABLE);
+    let two = Content::default().manifest("team/app", "1", MANIFEST);
+    let (one, two, p) = two_registries(one, two, ALLOW_ALL).await;
+    let mut client = p.client(Version::HTTP_11).await;
+
+    let answer = client.get(path).await;
+
+    // Serving two.test's image while one.test is down would silently swap images.
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.oci_error().0, "UNAVAILABLE");
+    assert_eq!(one.asked(), vec![(Method::GET, path.to_owned())]);
+    assert!(two.seen().is_empty(), "two.test got {:?}", two.seen());
+}
+
+#[tokio::test]
+async fn send_a_tls_upstream_is_used_with_its_configured_ca_and_never_without_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let content = || Content::default().manifest("team/app", "1", MANIFEST);
+    // Both registries have certificates from the same test CA; only one.test trusts it.
+    let one = content().start_tls(dir.path()).await;
+    let two = content().start_tls(dir.path()).await;
+    let ca = one.ca.clone().expect("one.test's CA");
+    let config = format!(
+        r#"
+[resolve]
+search = ["one.test"]
+[[registry]]
+host = "one.test"
+endpoint = "{}"
+ca_file = {:?}
+[[registry]]
+host = "two.test"
+endpoint = "{}"
+"#,
+        one.endpoint(),
+        ca.display().to_string(),
+        two.endpoint()
+    );
+    let p = Portcullis::new(&config, ALLOW_ALL);
+    let mut client = p.client(Version::HTTP_11).await;
+
+    let trusted = client.get("/v2/one.test/team/app/manifests/1").await;
+    assert_eq!(trusted.status, StatusCode::OK);
+    assert_eq!(trusted.body.as_deref().ok(), Some(MANIFEST));
+    assert_eq!(
+        one.asked(),
+        vec![(Method::GET, "/v2/team/app/manifests/1".to_owned())]
+    );
+
+    let untrusted = client.get("/v2/two.test/team/app/manifests/1").await;
+    assert_eq!(untrusted.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(untrusted.oci_error().0, "UNAVAILABLE");
+    assert!(two.seen().is_empty(), "two.test got {:?}", two.seen());
+    assert!(
+        p.counter(
+            "portcullis_upstream_errors_total",
+            &[("registry", "two.test")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
 async fn plan_a_name_on_an_unconfigured_registry_is_refused_and_nothing_is_contacted() {
     let (one, two, p) = two_registries(Content::default(), Content::default(), ALLOW_ALL).await;
     let mut client = p.client(Version::HTTP_11).await;

@@ -38,6 +38,7 @@ pub struct Seen {
 
 #[derive(Clone)]
 struct Canned {
+    status: StatusCode,
     headers: Vec<(&'static str, String)>,
     body: Bytes,
 }
@@ -53,6 +54,7 @@ impl Content {
     pub fn manifest(mut self, repository: &str, tag: &str, body: &[u8]) -> Content {
         let digest = digest(body);
         let canned = Canned {
+            status: StatusCode::OK,
             headers: vec![
                 ("content-type", MANIFEST_TYPE.to_owned()),
                 ("docker-content-digest", digest.clone()),
@@ -70,6 +72,7 @@ impl Content {
     /// malicious registry), announced with the digest asked for.
     pub fn lying_manifest(mut self, repository: &str, digest: &str, body: &[u8]) -> Content {
         let canned = Canned {
+            status: StatusCode::OK,
             headers: vec![
                 ("content-type", MANIFEST_TYPE.to_owned()),
                 ("docker-content-digest", digest.to_owned()),
@@ -84,6 +87,7 @@ impl Content {
     /// A blob at `/blobs/<digest>`, serving `body` whether or not it is that digest's.
     pub fn blob(mut self, repository: &str, digest: &str, body: &[u8]) -> Content {
         let canned = Canned {
+            status: StatusCode::OK,
             headers: vec![
                 ("content-type", "application/octet-stream".to_owned()),
                 ("docker-content-digest", digest.to_owned()),
@@ -95,7 +99,39 @@ impl Content {
         self
     }
 
+    /// Every read of `path` fails with `status` (an outage).
+    pub fn failing(mut self, path: &str, status: StatusCode) -> Content {
+        let canned = Canned {
+            status,
+            headers: vec![("content-type", "application/json".to_owned())],
+            body: Bytes::from_static(br#"{"errors":[{"code":"UNAVAILABLE","message":"down"}]}"#),
+        };
+        self.by_path.insert(path.to_owned(), canned);
+        self
+    }
+
+    /// Serve plain HTTP.
     pub async fn start(self) -> Fake {
+        self.serve(None).await
+    }
+
+    /// Serve HTTPS with a certificate for `127.0.0.1` from the local CA in `ca_dir`
+    /// (created there if missing, as portcullis creates its own).
+    pub async fn start_tls(self, ca_dir: &std::path::Path) -> Fake {
+        let (ca, _) = crate::listen::tls::LocalCa::load_or_create(ca_dir).expect("test CA");
+        let names = ["127.0.0.1".to_owned()];
+        let leaf = ca
+            .issue(&names, std::time::Duration::from_secs(3600))
+            .expect("leaf certificate");
+        let config = crate::listen::tls::server_config(leaf.chain, leaf.key).expect("tls");
+        let mut fake = self
+            .serve(Some(tokio_rustls::TlsAcceptor::from(config)))
+            .await;
+        fake.ca = Some(ca.cert_path().to_owned());
+        fake
+    }
+
+    async fn serve(self, tls: Option<tokio_rustls::TlsAcceptor>) -> Fake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fake upstream");
@@ -107,19 +143,26 @@ impl Content {
         });
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let state = state.clone();
+                let (state, tls) = (state.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.answer(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    match tls {
+                        // A failed handshake never becomes a request: nothing is recorded.
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(tcp).await {
+                                state.connection(stream).await;
+                            }
+                        }
+                        None => state.connection(tcp).await,
+                    }
                 });
             }
         });
-        Fake { addr, seen, task }
+        Fake {
+            addr,
+            ca: None,
+            seen,
+            task,
+        }
     }
 }
 
@@ -129,6 +172,19 @@ struct State {
 }
 
 impl State {
+    async fn connection<I>(self: Arc<Self>, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let state = self.clone();
+            async move { Ok::<_, Infallible>(state.answer(req).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+    }
+
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
         let body_len = body.collect().await.map_or(0, |b| b.to_bytes().len());
@@ -146,6 +202,7 @@ impl State {
         let reading = parts.method == Method::GET || parts.method == Method::HEAD;
         let canned = match path {
             "/v2/" if reading => Some(Canned {
+                status: StatusCode::OK,
                 headers: vec![("content-type", "application/json".to_owned())],
                 body: Bytes::from_static(b"{}"),
             }),
@@ -176,6 +233,7 @@ impl State {
             canned.body
         };
         let mut resp = Response::new(Full::new(body));
+        *resp.status_mut() = canned.status;
         for (name, value) in canned.headers {
             let value = HeaderValue::from_str(&value).expect("header value");
             resp.headers_mut().insert(name, value);
@@ -189,14 +247,17 @@ impl State {
 /// A running fake upstream; dropping it stops accepting connections.
 pub struct Fake {
     pub addr: SocketAddr,
+    /// For HTTPS: the certificate of the CA that signed its certificate.
+    pub ca: Option<std::path::PathBuf>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Fake {
-    /// `http://127.0.0.1:<port>`, for a `[[registry]] endpoint`.
+    /// `http(s)://127.0.0.1:<port>`, for a `[[registry]] endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Every request received, in order, the `/v2/` pings included.
