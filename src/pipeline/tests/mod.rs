@@ -517,3 +517,50 @@ async fn push_an_upload_the_policy_refuses_is_refused_before_any_byte_reaches_th
         5.0
     );
 }
+
+#[tokio::test]
+async fn verdict_a_digest_rule_refuses_the_content_when_it_is_pulled_by_tag() {
+    let fine: &[u8] = br#"{"schemaVersion":2,"layers":[]}"#;
+    let policy = format!(
+        r#"
+mode = "blocklist"
+
+[[rule]]
+id = "known-bad"
+message = "this content is known bad"
+action = "deny"
+operations = ["pull"]
+digest = "{}"
+"#,
+        digest(MANIFEST)
+    );
+    let one = Content::default()
+        .manifest("team/app", "bad", MANIFEST)
+        .manifest("team/app", "fine", fine);
+    let (one, _two, p) = two_registries(one, Content::default(), &policy).await;
+    let mut client = p.client(Version::HTTP_2).await;
+
+    let got = client.get("/v2/one.test/team/app/manifests/bad").await;
+    assert_eq!(got.status, StatusCode::FORBIDDEN);
+    let (code, message) = got.oci_error();
+    assert_eq!(code, "DENIED");
+    assert!(message.contains("known-bad"), "{message}");
+    let head = client.head("/v2/one.test/team/app/manifests/bad").await;
+    assert_eq!(head.status, StatusCode::FORBIDDEN);
+    assert_eq!(head.body.as_deref().ok(), Some(&b""[..]));
+    let other = client.head("/v2/one.test/team/app/manifests/fine").await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(
+        other.header("docker-content-digest"),
+        Some(digest(fine).as_str())
+    );
+
+    // The tag says nothing about the content: each answer was fetched whole to be judged.
+    let get = |tag: &str| (Method::GET, format!("/v2/team/app/manifests/{tag}"));
+    assert_eq!(one.asked(), vec![get("bad"), get("bad"), get("fine")]);
+    let audit = p.audit();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert!(audit
+        .iter()
+        .all(|line| line["action"] == "deny" && line["digest"] == digest(MANIFEST).as_str()));
+}
