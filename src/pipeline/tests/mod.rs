@@ -456,6 +456,74 @@ async fn respond_head_answers_have_no_body_over_http1_and_http2() {
     assert_eq!(heads, 4, "{:?}", one.asked());
 }
 
+#[tokio::test]
+async fn push_an_allowed_upload_goes_through_portcullis_own_session_to_the_latest_upstream_location(
+) {
+    let (one, _two, p) = two_registries(Content::default(), Content::default(), ALLOW_ALL).await;
+    let mut client = p.client(Version::HTTP_11).await;
+    let layer = vec![3u8; 5000];
+    let layer_digest = digest(&layer);
+
+    let started = client
+        .send(Method::POST, "/v2/one.test/team/app/blobs/uploads/", b"")
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED);
+    let session = started.header("location").unwrap_or_default().to_owned();
+    // The client is given portcullis's id on its own name, never the upstream's location.
+    assert!(
+        session.starts_with("/v2/one.test/team/app/blobs/uploads/pcu-"),
+        "{session}"
+    );
+    assert!(
+        !session.contains("_state") && !session.contains("u1"),
+        "{session}"
+    );
+
+    let chunk = client.send(Method::PATCH, &session, &layer).await;
+    assert_eq!(chunk.status, StatusCode::ACCEPTED);
+    assert_eq!(chunk.header("location"), Some(session.as_str()));
+    let done = client
+        .send(
+            Method::PUT,
+            &format!("{session}?digest={layer_digest}"),
+            b"",
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::CREATED);
+    assert_eq!(
+        done.header("location"),
+        Some(format!("/v2/one.test/team/app/blobs/{layer_digest}").as_str())
+    );
+
+    let pushes: Vec<(Method, String, usize)> = one
+        .seen()
+        .into_iter()
+        .filter(|s| s.target != "/v2/")
+        .map(|s| (s.method, s.target, s.body_len))
+        .collect();
+    let upstream_session = "/v2/team/app/blobs/uploads/u1";
+    assert_eq!(
+        pushes,
+        vec![
+            (Method::POST, "/v2/team/app/blobs/uploads/".to_owned(), 0),
+            (
+                Method::PATCH,
+                format!("{upstream_session}?_state=post"),
+                layer.len()
+            ),
+            (
+                Method::PUT,
+                // The client's query is re-encoded after the upstream's (`:` as `%3A`).
+                format!(
+                    "{upstream_session}?_state=patch5000&digest={}",
+                    layer_digest.replace(':', "%3A")
+                ),
+                0
+            ),
+        ]
+    );
+}
+
 const NO_PUSH_TO_ONE: &str = r#"
 mode = "blocklist"
 

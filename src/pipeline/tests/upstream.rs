@@ -137,8 +137,10 @@ impl Content {
             .expect("bind the fake upstream");
         let addr = listener.local_addr().expect("fake upstream address");
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(State {
             content: self,
+            endpoint: format!("{scheme}://{addr}"),
             seen: seen.clone(),
         });
         let task = tokio::spawn(async move {
@@ -168,10 +170,62 @@ impl Content {
 
 struct State {
     content: Content,
+    /// `http(s)://127.0.0.1:<port>`, for absolute locations.
+    endpoint: String,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl State {
+    /// distribution's upload protocol, reduced: `POST` opens session `u1` (an absolute
+    /// `Location`, as distribution sends), `PATCH` takes a chunk, `PUT ?digest=` closes it.
+    /// Each `Location` carries a `_state` that names the step, as distribution's signed
+    /// state does, so a test sees which location a client sent back.
+    fn upload(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        body_len: usize,
+    ) -> Option<Response<Full<Bytes>>> {
+        let (repository, session) = path.strip_prefix("/v2/")?.split_once("/blobs/uploads/")?;
+        let session_path = format!("/v2/{repository}/blobs/uploads/u1");
+        let (status, location, range) = match (method, session) {
+            (&Method::POST, "") => (
+                StatusCode::ACCEPTED,
+                format!("{}{session_path}?_state=post", self.endpoint),
+                "0-0".to_owned(),
+            ),
+            (&Method::PATCH, "u1") => (
+                StatusCode::ACCEPTED,
+                format!("{session_path}?_state=patch{body_len}"),
+                format!("0-{}", body_len.saturating_sub(1)),
+            ),
+            (&Method::PUT, "u1") => {
+                let digest = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                    .find(|(k, _)| k == "digest")?
+                    .1
+                    .into_owned();
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = StatusCode::CREATED;
+                let location = format!("/v2/{repository}/blobs/{digest}");
+                let headers = resp.headers_mut();
+                headers.insert(header::LOCATION, location.parse().ok()?);
+                headers.insert("docker-content-digest", digest.parse().ok()?);
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                return Some(resp);
+            }
+            _ => return None,
+        };
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(header::LOCATION, location.parse().ok()?);
+        headers.insert(header::RANGE, range.parse().ok()?);
+        headers.insert("docker-upload-uuid", HeaderValue::from_static("u1"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        Some(resp)
+    }
+
     async fn connection<I>(self: Arc<Self>, io: I)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -200,6 +254,9 @@ impl State {
         });
         let path = parts.uri.path();
         let reading = parts.method == Method::GET || parts.method == Method::HEAD;
+        if let Some(resp) = self.upload(&parts.method, path, parts.uri.query(), body_len) {
+            return resp;
+        }
         let canned = match path {
             "/v2/" if reading => Some(Canned {
                 status: StatusCode::OK,
