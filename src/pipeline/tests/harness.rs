@@ -67,12 +67,17 @@ impl Portcullis {
 
     /// A client on a fresh connection to the registry endpoint.
     pub async fn client(&self, version: Version) -> Client {
+        self.client_on(version, Inbound::endpoint()).await
+    }
+
+    /// A client on a fresh connection to the listener `inbound` describes.
+    pub async fn client_on(&self, version: Version, inbound: Inbound) -> Client {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let proxy = self.proxy.clone();
         let peer: SocketAddr = PEER.parse().expect("peer");
         let service = hyper::service::service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer, Inbound::endpoint()).await) }
+            let (proxy, inbound) = (proxy.clone(), inbound.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer, inbound).await) }
         });
         let server_io = TokioIo::new(server_io);
         let client_io = TokioIo::new(client_io);

@@ -17,12 +17,16 @@ const MANIFEST: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.
 /// Nothing is blocked, on purpose.
 const ALLOW_ALL: &str = "mode = \"blocklist\"\n";
 
-/// Two configured registries, searched in order for short names.
+/// Two configured registries, searched in order for short names. docker.io, always
+/// configured, is pointed at a closed local port so that no mistake leaves the machine.
 fn config(one: &Fake, two: &Fake) -> String {
     format!(
         r#"
 [resolve]
 search = ["one.test", "two.test"]
+[[registry]]
+host = "docker.io"
+endpoint = "http://127.0.0.1:9"
 [[registry]]
 host = "one.test"
 endpoint = "{}"
@@ -215,6 +219,41 @@ endpoint = "{}"
             &[("registry", "two.test")]
         ) >= 1.0
     );
+}
+
+#[tokio::test]
+async fn intent_ns_names_the_registry_on_the_mirror_endpoint_and_never_goes_upstream() {
+    let one = Content::default().manifest("team/app", "1", MANIFEST);
+    let (one, two, p) = two_registries(one, Content::default(), ALLOW_ALL).await;
+    let mirror = super::Inbound {
+        listener: super::MIRROR,
+        registry: Some(crate::reference::DOCKER_HUB.into()),
+    };
+    let mut client = p.client_on(Version::HTTP_11, mirror).await;
+
+    let served = client.get("/v2/team/app/manifests/1?ns=one.test").await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(
+        served.header("portcullis-resolved-name"),
+        Some("one.test/team/app")
+    );
+    assert_eq!(
+        one.asked(),
+        vec![(Method::GET, "/v2/team/app/manifests/1".to_owned())]
+    );
+
+    let unconfigured = client.get("/v2/team/app/manifests/1?ns=evil.test").await;
+    assert_eq!(unconfigured.status, StatusCode::FORBIDDEN);
+    assert_eq!(unconfigured.oci_error().0, "DENIED");
+
+    // On the registry endpoint the path names the registry, and an `ns` must agree.
+    let mut endpoint = p.client(Version::HTTP_11).await;
+    let disagrees = endpoint
+        .get("/v2/one.test/team/app/manifests/1?ns=two.test")
+        .await;
+    assert_eq!(disagrees.status, StatusCode::BAD_REQUEST);
+    assert_eq!(one.asked().len(), 1, "{:?}", one.asked());
+    assert!(two.seen().is_empty(), "two.test got {:?}", two.seen());
 }
 
 #[tokio::test]
