@@ -71,7 +71,7 @@ async fn head_answers_have_no_body_over_http1_and_http2() {
     for version in [Version::HTTP_11, Version::HTTP_2] {
         let mut client = p.client(version).await;
         let found = client.head("/v2/one.test/team/app/manifests/1").await;
-        assert_eq!(found.version, version);
+        assert_eq!(found.version, version, "the client speaks {version:?}");
         assert_eq!(found.status, StatusCode::OK, "{version:?}");
         assert_eq!(found.body.as_deref().ok(), Some(&b""[..]), "{version:?}");
         assert_eq!(
@@ -82,10 +82,14 @@ async fn head_answers_have_no_body_over_http1_and_http2() {
             found.header("content-length"),
             Some(MANIFEST.len().to_string().as_str())
         );
-        // An error portcullis writes itself has a body for GET, none for HEAD.
+        // Neither an upstream's error answer nor one portcullis writes itself (a refusal,
+        // which has an OCI body for GET) carries a body for HEAD: over HTTP/2 one would
+        // reset the stream instead of delivering the status.
         let missing = client.head("/v2/one.test/team/app/manifests/2").await;
         assert_eq!(missing.status, StatusCode::NOT_FOUND, "{version:?}");
         assert_eq!(missing.body.as_deref().ok(), Some(&b""[..]), "{version:?}");
+        let refused_get = client.get("/v2/evil.test/team/app/manifests/1").await;
+        assert_eq!(refused_get.oci_error().0, "DENIED", "{version:?}");
         let refused = client.head("/v2/evil.test/team/app/manifests/1").await;
         assert_eq!(refused.status, StatusCode::FORBIDDEN, "{version:?}");
         assert_eq!(refused.body.as_deref().ok(), Some(&b""[..]), "{version:?}");
