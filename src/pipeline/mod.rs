@@ -30,6 +30,8 @@ mod respond;
 mod send;
 mod served;
 mod sources;
+#[cfg(test)]
+mod tests;
 mod uploads;
 pub mod verdict;
 mod write;
