@@ -153,11 +153,22 @@ pub(super) async fn respond(
         }
         Route::Manifest { reference, .. } if ok && method == Method::GET => {
             let bytes = read_limited(body, MAX_MANIFEST, registry).await?;
-            if let Reference::Digest(d) = reference {
-                if let Err(e) = verify_manifest(registry, d.as_str(), &bytes) {
+            // By digest, the bytes must be the digest asked for; by tag, the digest the
+            // registry announces (which the client pins the pull to) must be the bytes'.
+            let expected = match reference {
+                Reference::Digest(d) => Some(d.as_str()),
+                Reference::Tag(_) => parts
+                    .headers
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok()),
+            };
+            if let Some(expected) = expected {
+                if let Err(e) = verify_manifest(registry, expected, &bytes) {
                     metrics.body_aborted(registry, AbortReason::DigestMismatch.as_str());
                     return Err(e);
                 }
+            }
+            if let Reference::Digest(_) = reference {
                 cacheable = Some(CachedManifest {
                     body: bytes.clone(),
                     content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),

@@ -37,6 +37,33 @@ async fn a_manifest_whose_bytes_are_not_its_digest_is_not_served() {
 }
 
 #[tokio::test]
+async fn a_manifest_by_tag_whose_announced_digest_is_not_its_bytes_is_not_served() {
+    // The client pins what it pulled by the digest it is told: a registry (or anything on
+    // the way to it) announcing another image's digest must not be relayed.
+    let claimed = digest(b"another image");
+    let one = Content::default().lying_tag("team/app", "1", &claimed, MANIFEST);
+    let (_one, _two, p) = two_registries(one, Content::default(), ALLOW_ALL).await;
+    let mut client = p.client(Version::HTTP_11).await;
+
+    let answer = client.get("/v2/one.test/team/app/manifests/1").await;
+
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    let (code, message) = answer.oci_error();
+    assert_eq!(code, "DIGEST_INVALID");
+    assert!(
+        message.contains(&claimed) && message.contains(&digest(MANIFEST)),
+        "{message}"
+    );
+    assert_eq!(
+        p.counter(
+            "portcullis_body_aborts_total",
+            &[("registry", "one.test"), ("reason", "digest_mismatch")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn a_blob_whose_bytes_are_not_its_digest_is_cut_before_it_completes() {
     let bytes = vec![7u8; 200_000];
     let claimed = digest(b"other content");

@@ -84,6 +84,22 @@ impl Content {
         self
     }
 
+    /// A manifest at `/manifests/<tag>` announced with a `Docker-Content-Digest` that is not
+    /// its bytes' digest.
+    pub fn lying_tag(mut self, repository: &str, tag: &str, digest: &str, body: &[u8]) -> Content {
+        let canned = Canned {
+            status: StatusCode::OK,
+            headers: vec![
+                ("content-type", MANIFEST_TYPE.to_owned()),
+                ("docker-content-digest", digest.to_owned()),
+            ],
+            body: Bytes::copy_from_slice(body),
+        };
+        let path = format!("/v2/{repository}/manifests/{tag}");
+        self.by_path.insert(path, canned);
+        self
+    }
+
     /// A blob at `/blobs/<digest>`, serving `body` whether or not it is that digest's.
     pub fn blob(mut self, repository: &str, digest: &str, body: &[u8]) -> Content {
         let canned = Canned {
