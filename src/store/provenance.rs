@@ -27,6 +27,9 @@
 //! `corp.example.com/team/app` and retagged keeps its origin in its blobs' records. It is
 //! evicted with its digest.
 //!
+//! A store written before portcullis moved to redb 3 (redb 2's file format) is upgraded, once,
+//! when it is opened; see `migrate`.
+//!
 //! The store is opened once per process: redb locks the file, and a second `open` of the same
 //! directory fails until the first [`Provenance`] is dropped.
 
@@ -40,8 +43,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod migrate;
+
+pub use migrate::MigrateError;
+
 use redb::{
-    Database, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction,
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
 };
 
 /// The store's file name inside the directory given to [`Provenance::open`].
@@ -124,6 +132,13 @@ pub enum ProvenanceError {
         "provenance store {path} is not keeping up: {buffered} records are waiting to be written"
     )]
     Backlog { path: PathBuf, buffered: usize },
+    #[error(
+        "cannot upgrade provenance store {path} from redb 2's file format; it is left as it was"
+    )]
+    Migrate {
+        path: PathBuf,
+        source: Box<MigrateError>,
+    },
 }
 
 /// A buffered record: its flags, the names it was seen under (most recent first) and its
@@ -280,13 +295,29 @@ impl Provenance {
                 source,
             })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|source| ProvenanceError::Open {
-                path: path.clone(),
-                source: Box::new(source),
-            })?;
+        let create = || {
+            Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(&path)
+        };
+        let db = match create() {
+            // Written by portcullis before redb 3: upgraded once, in place (see `migrate`).
+            Err(redb::DatabaseError::UpgradeRequired(_)) => {
+                let contents = migrate::upgrade(dir, &path).map_err(|source| {
+                    ProvenanceError::Migrate {
+                        path: path.clone(),
+                        source: Box::new(source),
+                    }
+                })?;
+                tracing::info!(path = %path.display(), %contents, "provenance store upgraded from redb 2's file format");
+                create()
+            }
+            opened => opened,
+        }
+        .map_err(|source| ProvenanceError::Open {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
         let shared = Arc::new(Shared {
             db,
             path,
