@@ -43,6 +43,20 @@ struct Canned {
     body: Bytes,
 }
 
+impl Canned {
+    /// A `200` with this content type, announcing `digest` (true or not).
+    fn ok(content_type: &str, digest: &str, body: &[u8]) -> Canned {
+        Canned {
+            status: StatusCode::OK,
+            headers: vec![
+                ("content-type", content_type.to_owned()),
+                ("docker-content-digest", digest.to_owned()),
+            ],
+            body: Bytes::copy_from_slice(body),
+        }
+    }
+}
+
 /// What the fake upstream serves, by request path.
 #[derive(Clone, Default)]
 pub struct Content {
@@ -53,14 +67,7 @@ impl Content {
     /// A manifest, by `tag` and by its digest, with a true `Docker-Content-Digest`.
     pub fn manifest(mut self, repository: &str, tag: &str, body: &[u8]) -> Content {
         let digest = digest(body);
-        let canned = Canned {
-            status: StatusCode::OK,
-            headers: vec![
-                ("content-type", MANIFEST_TYPE.to_owned()),
-                ("docker-content-digest", digest.clone()),
-            ],
-            body: Bytes::copy_from_slice(body),
-        };
+        let canned = Canned::ok(MANIFEST_TYPE, &digest, body);
         for reference in [tag, &digest] {
             let path = format!("/v2/{repository}/manifests/{reference}");
             self.by_path.insert(path, canned.clone());
@@ -71,14 +78,7 @@ impl Content {
     /// A manifest at `/manifests/<digest>` whose bytes are not that digest's (a corrupt or
     /// malicious registry), announced with the digest asked for.
     pub fn lying_manifest(mut self, repository: &str, digest: &str, body: &[u8]) -> Content {
-        let canned = Canned {
-            status: StatusCode::OK,
-            headers: vec![
-                ("content-type", MANIFEST_TYPE.to_owned()),
-                ("docker-content-digest", digest.to_owned()),
-            ],
-            body: Bytes::copy_from_slice(body),
-        };
+        let canned = Canned::ok(MANIFEST_TYPE, digest, body);
         let path = format!("/v2/{repository}/manifests/{digest}");
         self.by_path.insert(path, canned);
         self
@@ -87,14 +87,7 @@ impl Content {
     /// A manifest at `/manifests/<tag>` announced with a `Docker-Content-Digest` that is not
     /// its bytes' digest.
     pub fn lying_tag(mut self, repository: &str, tag: &str, digest: &str, body: &[u8]) -> Content {
-        let canned = Canned {
-            status: StatusCode::OK,
-            headers: vec![
-                ("content-type", MANIFEST_TYPE.to_owned()),
-                ("docker-content-digest", digest.to_owned()),
-            ],
-            body: Bytes::copy_from_slice(body),
-        };
+        let canned = Canned::ok(MANIFEST_TYPE, digest, body);
         let path = format!("/v2/{repository}/manifests/{tag}");
         self.by_path.insert(path, canned);
         self
@@ -102,14 +95,7 @@ impl Content {
 
     /// A blob at `/blobs/<digest>`, serving `body` whether or not it is that digest's.
     pub fn blob(mut self, repository: &str, digest: &str, body: &[u8]) -> Content {
-        let canned = Canned {
-            status: StatusCode::OK,
-            headers: vec![
-                ("content-type", "application/octet-stream".to_owned()),
-                ("docker-content-digest", digest.to_owned()),
-            ],
-            body: Bytes::copy_from_slice(body),
-        };
+        let canned = Canned::ok("application/octet-stream", digest, body);
         self.by_path
             .insert(format!("/v2/{repository}/blobs/{digest}"), canned);
         self
