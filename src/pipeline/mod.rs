@@ -66,7 +66,7 @@ use intent::{
     basic_user, check_method, content_addressed, operation, policy_operation, route_digest,
     route_tag, Intent,
 };
-use outcome::{Decided, Outcome, Trail};
+use outcome::{Decided, Outcome, Trail, Unrecorded};
 use push::PushStager;
 use sources::InOrder;
 // Re-exported so the rest of the crate keeps naming them `crate::pipeline::...`.
@@ -249,6 +249,7 @@ impl Proxy {
             started: Instant::now(),
         };
         let trail = Trail::default();
+        let unrecorded = Unrecorded::new(&intent, &trail, &self.metrics, &self.audit);
         let result = match route {
             Ok(route) => {
                 // The one policy this request is decided by, whatever reloads meanwhile.
@@ -258,6 +259,7 @@ impl Proxy {
             }
             Err(e) => Err(ProxyError::from_route(e, &intent.method)),
         };
+        unrecorded.disarm();
         let decided = Decided::of(&result, &trail);
         let resp = result.unwrap_or_else(|e| {
             if e.status().is_server_error() {

@@ -139,10 +139,16 @@ impl Outcome {
     /// body ends; the response goes to the client. Audit records are written (to the kernel)
     /// before the response is returned.
     pub async fn record(self, metrics: &Metrics, audit: &Arc<Audit>) -> Response<ProxyBody> {
-        // Only the intent is borrowed across the writes: the response body is not `Sync`.
-        for verdict in &self.verdicts {
-            record_verdict(&self.intent, verdict, metrics, audit).await;
-        }
+        // One write task for every record: once it is spawned, a client that goes away
+        // cannot cut the trail short. Only the intent and verdicts are borrowed across it:
+        // the response body is not `Sync`.
+        let records: Vec<Record> = self
+            .verdicts
+            .iter()
+            .filter_map(|v| note_verdict(&self.intent, v, metrics))
+            .collect();
+        audit.append_all(&records).await;
+        drop(records);
         self.request(metrics)
     }
 
@@ -184,15 +190,15 @@ impl Outcome {
     }
 }
 
-/// Count a verdict; log and audit it unless it is a plain allow.
-async fn record_verdict(intent: &Intent, v: &Verdict, metrics: &Metrics, audit: &Arc<Audit>) {
+/// Count and log a verdict; its audit record, unless it is a plain allow.
+fn note_verdict<'a>(intent: &'a Intent, v: &'a Verdict, metrics: &Metrics) -> Option<Record<'a>> {
     let rule = v.rule_label();
     metrics
         .policy_decisions
         .with_label_values(&[v.action.as_str(), rule])
         .inc();
     if v.action == Action::Allow {
-        return;
+        return None;
     }
     let action = v.action_label();
     if matches!(v.action, Action::Warn | Action::Deny) {
@@ -202,7 +208,7 @@ async fn record_verdict(intent: &Intent, v: &Verdict, metrics: &Metrics, audit: 
             "policy decision"
         );
     }
-    let record = Record {
+    Some(Record {
         time: now_rfc3339(),
         client: intent.peer.to_string(),
         user: intent.user.as_deref(),
@@ -213,8 +219,61 @@ async fn record_verdict(intent: &Intent, v: &Verdict, metrics: &Metrics, audit: 
         action,
         message: &v.message,
         listener: intent.listener,
-    };
-    audit.append(&record).await;
+    })
+}
+
+/// Records the verdicts of a request that never reaches its outcome: the client went away
+/// while it was forwarded (hyper drops the request's future), after the policy had decided
+/// it. A decision is audited whether or not its request finished. Written from `drop`, so
+/// with the blocking [`Audit::write`]; [`Unrecorded::disarm`] once the outcome records.
+pub(crate) struct Unrecorded<'a> {
+    pub intent: &'a Intent,
+    pub trail: &'a Trail,
+    pub metrics: &'a Metrics,
+    pub audit: &'a Audit,
+    armed: bool,
+}
+
+impl<'a> Unrecorded<'a> {
+    pub fn new(
+        intent: &'a Intent,
+        trail: &'a Trail,
+        metrics: &'a Metrics,
+        audit: &'a Audit,
+    ) -> Self {
+        Unrecorded {
+            intent,
+            trail,
+            metrics,
+            audit,
+            armed: true,
+        }
+    }
+
+    /// The outcome records the verdicts.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unrecorded<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let verdicts = std::mem::take(
+            &mut *self
+                .trail
+                .verdicts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for v in &verdicts {
+            if let Some(record) = note_verdict(self.intent, v, self.metrics) {
+                self.audit.write(&record);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -391,5 +450,52 @@ pub(crate) mod tests {
         assert_eq!(decisions("allow", "default"), 1.0);
         assert_eq!(decisions("warn", "old"), 1.0);
         assert_eq!(count(&registry, &[("decision", "warn")]), 1.0);
+    }
+
+    #[test]
+    fn the_verdicts_of_a_request_dropped_before_its_outcome_are_still_audited() {
+        let (registry, m) = metrics();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let audit = Audit::open(Some(&path)).expect("audit");
+        let (intent, trail) = (intent(), Trail::default());
+        let guard = Unrecorded::new(&intent, &trail, &m, &audit);
+        trail.decided(Verdict {
+            action: Action::Warn,
+            confirmed: false,
+            rule: Some("old".into()),
+            message: "old base".to_owned(),
+            op: crate::policy::Operation::Pull,
+            reference: "quay.io/b:1".to_owned(),
+            digest: None,
+        });
+        // The client hangs up while the request is upstream: its future is dropped.
+        drop(guard);
+        let text = std::fs::read_to_string(&path).expect("audit log");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(r#""action":"warn""#), "{text}");
+        let decided = registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "portcullis_policy_decisions_total")
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| m.get_counter().get_value())
+            .sum::<f64>();
+        assert_eq!(decided, 1.0);
+
+        // Disarmed (the outcome records them), nothing is written twice.
+        let trail = Trail::default();
+        trail.decided(Verdict {
+            action: Action::Deny,
+            confirmed: false,
+            rule: None,
+            message: "no".to_owned(),
+            op: crate::policy::Operation::Pull,
+            reference: "quay.io/c:1".to_owned(),
+            digest: None,
+        });
+        Unrecorded::new(&intent, &trail, &m, &audit).disarm();
+        let text = std::fs::read_to_string(&path).expect("audit log");
+        assert_eq!(text.lines().count(), 1, "{text}");
     }
 }

@@ -127,6 +127,25 @@ impl Audit {
         }
     }
 
+    /// [`Audit::append`] for several records, written by one task on the blocking pool: once
+    /// this is called they are all written, even if the caller is dropped while it waits.
+    pub async fn append_all(self: &Arc<Self>, records: &[Record<'_>]) {
+        let lines: Vec<Vec<u8>> = records.iter().filter_map(|r| self.line(r)).collect();
+        if lines.is_empty() {
+            return;
+        }
+        let audit = self.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            for line in &lines {
+                audit.write_line(line);
+            }
+        })
+        .await;
+        if let (Err(error), Some((path, _))) = (written, &self.file) {
+            self.fail(path, &error);
+        }
+    }
+
     /// The record as one JSON line; `None` when auditing is off or it cannot be serialized.
     fn line(&self, record: &Record) -> Option<Vec<u8>> {
         let (path, _) = self.file.as_ref()?;
