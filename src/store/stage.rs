@@ -188,6 +188,22 @@ fn unlink(path: PathBuf) {
     }
 }
 
+/// [`unlink`], awaited: for a caller that answers only once the file is gone.
+async fn unlink_now(path: PathBuf) {
+    let shown = path.clone();
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(error)) => {
+            tracing::warn!(path = %shown.display(), %error, "cannot remove a staged file")
+        }
+        Err(error) => {
+            tracing::warn!(path = %shown.display(), %error, "cannot remove a staged file")
+        }
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
     move |source| StageError::Io {
         path: path.to_owned(),
@@ -382,26 +398,39 @@ impl Stage {
         appending.done = true;
         let written = appending.written;
         drop(file);
-        let mut sessions = self.sessions();
-        let Some(s) = sessions.by_id.get_mut(id) else {
-            // Cancelled while streaming: its file and these bytes belong to no one now.
-            drop(sessions);
-            self.release(written);
-            unlink(path);
-            return Err(StageError::UnknownSession(id.to_owned()));
+        let cut = {
+            let mut sessions = self.sessions();
+            let Some(s) = sessions.by_id.get_mut(id) else {
+                // Cancelled while streaming: its file and these bytes belong to no one now.
+                drop(sessions);
+                self.release(written);
+                unlink(path);
+                return Err(StageError::UnknownSession(id.to_owned()));
+            };
+            s.streaming = s.streaming.saturating_sub(1);
+            match result {
+                Ok(()) => {
+                    s.hasher = hasher;
+                    s.size += written;
+                    s.touched = Instant::now();
+                    return Ok(s.size);
+                }
+                Err(e) => {
+                    // The session's bytes on disk no longer match its hash: it cannot go on.
+                    let removed = sessions.remove(id);
+                    self.open_sessions.set(sessions.by_id.len() as i64);
+                    (e, removed)
+                }
+            }
         };
-        s.streaming = s.streaming.saturating_sub(1);
-        if let Err(e) = result {
-            // The session's bytes on disk no longer match its hash: it cannot go on.
-            drop(sessions);
-            self.release(written);
-            self.cancel(id);
-            return Err(e);
+        let (e, removed) = cut;
+        self.release(written);
+        if let Some(session) = removed {
+            self.release(session.size);
+            // Gone before the client hears so, not some time after.
+            unlink_now(session.path).await;
         }
-        s.hasher = hasher;
-        s.size += written;
-        s.touched = Instant::now();
-        Ok(s.size)
+        Err(e)
     }
 
     fn reserve(&self, bytes: u64) -> Result<(), StageError> {
@@ -737,6 +766,26 @@ mod tests {
         assert_eq!(stage.sweep(Duration::ZERO), 1);
         assert_eq!(stage.used_bytes(), 0);
         assert_eq!(files(dir.path()).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_mid_upload_has_its_file_removed_before_the_error_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (stage, _) = open(dir.path(), limits(1 << 20));
+        let id = stage.start("docker.io", owner(CLIENT)).expect("start");
+        let frames: Vec<Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>> = vec![
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"half"))),
+            Err("no body data for 3s".into()),
+        ];
+        let cut = crate::body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )));
+        let result = stage.append(&id, cut).await;
+        assert!(matches!(result, Err(StageError::Body(_))), "{result:?}");
+        // No waiting: the client is answered once the file is gone.
+        assert_eq!(count_files(dir.path()), 0);
+        assert_eq!(stage.used_bytes(), 0);
+        assert!(!stage.cancel(&id), "the session is gone too");
     }
 
     #[tokio::test]
