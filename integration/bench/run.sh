@@ -145,8 +145,10 @@ start_nginx() { # name template port
 
 start_servers() {
     local ports
-    ports=$(py ports 4)
-    read -r registry_port nginx_port portcullis_port relay_port <<<"$ports"
+    ports=$(py ports 6)
+    # portcullis's admin and proxy listeners too: their defaults (9464, 3128) would collide
+    # with a portcullis already running here, or a second bench (integration/bench/ab.sh).
+    read -r registry_port nginx_port portcullis_port relay_port admin_port proxy_port <<<"$ports"
 
     mkdir -p "$work/registry"
     fill "$here/registry.yml" "$work/registry" >"$work/registry/config.yml"
@@ -178,6 +180,8 @@ state_dir = "$work/portcullis/state"
 
 [listen]
 registry = "127.0.0.1:$portcullis_port"
+admin = "127.0.0.1:$admin_port"
+proxy = "127.0.0.1:$proxy_port"
 
 [resolve]
 search = ["bench.local"]
