@@ -503,17 +503,15 @@ impl Reader<'_> {
         }
         if let Some(n) = f.get(paths_key) {
             let p = format!("{path}.{paths_key}");
-            if n.value != Value::Null {
-                let list = self.strings(n, &p)?;
-                if list.is_empty() {
-                    return Err(self.problem(
-                        n.line,
-                        &p,
-                        format!("{paths_key:?} contains no entries"),
-                    ));
-                }
-                found.push((n.line, PublicKeys::Paths(list)));
+            // containers/image reads null as an empty list here.
+            let list = match n.value {
+                Value::Null => Vec::new(),
+                _ => self.strings(n, &p)?,
+            };
+            if list.is_empty() {
+                return Err(self.problem(n.line, &p, format!("{paths_key:?} contains no entries")));
             }
+            found.push((n.line, PublicKeys::Paths(list)));
         }
         if let Some(n) = f.get(data_key) {
             found.push((
@@ -523,17 +521,15 @@ impl Reader<'_> {
         }
         if let Some(n) = f.get(datas_key) {
             let p = format!("{path}.{datas_key}");
-            if n.value != Value::Null {
-                let list = self.bytes_list(n, &p)?;
-                if list.is_empty() {
-                    return Err(self.problem(
-                        n.line,
-                        &p,
-                        format!("{datas_key:?} contains no entries"),
-                    ));
-                }
-                found.push((n.line, PublicKeys::Datas(list)));
+            // containers/image reads null as an empty list here.
+            let list = match n.value {
+                Value::Null => Vec::new(),
+                _ => self.bytes_list(n, &p)?,
+            };
+            if list.is_empty() {
+                return Err(self.problem(n.line, &p, format!("{datas_key:?} contains no entries")));
             }
+            found.push((n.line, PublicKeys::Datas(list)));
         }
         Ok(found)
     }

@@ -147,6 +147,8 @@ fn invalid_files_name_line_and_problem() {
         (req("{\"type\": \"sigstoreSigned\"}"), 3, "exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, and pki must be specified"),
         (req("{\"type\": \"sigstoreSigned\", \"keyPath\": \"/a\", \"keyData\": \"YQ==\"}"), 3, "exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, and pki"),
         (req("{\"type\": \"sigstoreSigned\",\n\"keyPaths\": []}"), 4, "\"keyPaths\" contains no entries"),
+        (req("{\"type\": \"sigstoreSigned\", \"keyPath\": \"/k\",\n\"rekorPublicKeyDatas\": null}"), 4, "\"rekorPublicKeyDatas\" contains no entries"),
+        (req("{\"type\": \"sigstoreSigned\", \"keyPath\": \"\"}"), 3, "exactly one of keyPath, keyPaths, keyData, keyDatas, fulcio, and pki"),
         (req("{\"type\": \"sigstoreSigned\", \"keyPath\": \"/a\", \"rekorPublicKeyPath\": \"/r\", \"rekorPublicKeyData\": \"YQ==\"}"), 3, "at most one of rekorPublickeyPath"),
         (req("{\"type\": \"sigstoreSigned\", \"fulcio\": {\"caPath\": \"/c\", \"oidcIssuer\": \"i\", \"subjectEmail\": \"e\"}}"), 3, "must be specified if fulcio is used"),
         (req("{\"type\": \"sigstoreSigned\",\n\"fulcio\": {\"caPath\": \"/c\", \"caData\": \"YQ==\", \"oidcIssuer\": \"i\", \"subjectEmail\": \"e\"}, \"rekorPublicKeyPath\": \"/r\"}"), 4, "caPath and caData cannot be used simultaneously"),
