@@ -27,6 +27,7 @@ mod registries;
 mod registries_conf;
 mod rule;
 mod short_name;
+pub mod signature;
 
 use std::collections::HashMap;
 use std::fmt;
