@@ -19,6 +19,7 @@ use super::private::{PrivateRule, PrivateRules};
 use super::registries::{Entry, Registries};
 use super::registries_conf;
 use super::rule::Rule;
+use super::signature::{containers_policy, registries_d, trust};
 use super::{
     Action, Mode, Operations, Origin, Policy, Problem, ShortNameMode, DEFAULT_PUBLIC_REGISTRIES,
 };
@@ -63,6 +64,8 @@ pub struct Fragment {
     pub(crate) ids: Vec<(Arc<str>, Origin)>,
     pub(crate) entries: Vec<Entry>,
     pub(crate) warnings: Vec<Problem>,
+    /// A containers-policy.json or registries.d file's content.
+    pub(crate) signature: Option<trust::Part>,
 }
 
 impl Fragment {
@@ -146,7 +149,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
                             p.is_file()
                                 && matches!(
                                     p.extension().and_then(|e| e.to_str()),
-                                    Some("toml" | "conf")
+                                    Some("toml" | "conf" | "json" | "yaml")
                                 )
                         })
                         .collect();
@@ -158,7 +161,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
                             line: None,
                             key: String::new(),
                             message: format!(
-                                "holds no policy file (*.toml or *.conf); {ALLOW_ALL_HINT}"
+                                "holds no policy file (*.toml, *.conf, *.json or *.yaml); {ALLOW_ALL_HINT}"
                             ),
                         });
                     }
@@ -186,10 +189,12 @@ pub fn load(paths: &[PathBuf]) -> Result<Policy, Vec<Problem>> {
                 ),
             }),
             Ok(text) => {
-                let (fragment, found) = if is_registries_conf(path) {
-                    registries_conf::fragment(&name, &text)
-                } else {
-                    policy_fragment(&name, &text)
+                let (fragment, found) = match kind_of(path) {
+                    Kind::RegistriesConf => registries_conf::fragment(&name, &text),
+                    Kind::SignaturePolicy | Kind::RegistriesD => {
+                        signature_fragment(path, &name, &text)
+                    }
+                    Kind::Policy => policy_fragment(&name, &text),
                 };
                 problems.extend(found);
                 fragments.push(fragment);
@@ -213,8 +218,39 @@ fn is_blank(text: &str) -> bool {
     })
 }
 
-fn is_registries_conf(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()) == Some("conf")
+/// What a file is, by its name: `*.conf` is containers-registries.conf(5), `*.json`
+/// containers-policy.json(5), `*.yaml` containers-registries.d(5), the rest portcullis
+/// policy files.
+enum Kind {
+    Policy,
+    RegistriesConf,
+    SignaturePolicy,
+    RegistriesD,
+}
+
+fn kind_of(path: &Path) -> Kind {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("conf") => Kind::RegistriesConf,
+        Some("json") => Kind::SignaturePolicy,
+        Some("yaml") => Kind::RegistriesD,
+        _ => Kind::Policy,
+    }
+}
+
+/// A containers-policy.json or registries.d file as a fragment that sets nothing else.
+fn signature_fragment(path: &Path, name: &str, text: &str) -> (Fragment, Vec<Problem>) {
+    let mut fragment = Fragment::new(name);
+    let part = match kind_of(path) {
+        Kind::SignaturePolicy => containers_policy::parse(name, text).map(trust::Part::Policy),
+        _ => registries_d::parse(name, text).map(trust::Part::Registries),
+    };
+    match part {
+        Ok(part) => {
+            fragment.signature = Some(part);
+            (fragment, Vec::new())
+        }
+        Err(problem) => (fragment, vec![problem]),
+    }
 }
 
 /// Merge fragments into one policy.
@@ -302,6 +338,7 @@ pub(crate) fn compile_with(
     let mut private = Vec::new();
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
+    let mut signatures = trust::Collect::default();
     let files: Vec<String> = fragments.iter().map(|f| f.file.clone()).collect();
     for f in fragments {
         let list = |v: &Vec<String>| format!("{v:?}");
@@ -358,6 +395,11 @@ pub(crate) fn compile_with(
                 None => {
                     ids.insert(id, origin);
                 }
+            }
+        }
+        if let Some(part) = f.signature {
+            if let Err(problem) = signatures.add(&f.file, part) {
+                problems.push(problem);
             }
         }
         raw_rules.extend(f.rules);
@@ -454,6 +496,8 @@ pub(crate) fn compile_with(
             Index::default()
         }
     };
+    let (trust, unused) = signatures.finish();
+    warnings.extend(unused);
     warnings.sort_by_key(|w: &Problem| (rank_of(&files, &w.file), w.line));
     if !problems.is_empty() {
         // By file in load order, then by line: the order an admin reads them in. Files with
@@ -479,6 +523,7 @@ pub(crate) fn compile_with(
         short_name_mode: short_name_mode.map_or_else(ShortNameMode::default, |s| s.value),
         warnings,
         sources,
+        trust: trust.map(Arc::new),
     })
 }
 
@@ -708,5 +753,71 @@ mod tests {
             "{}",
             missing[0]
         );
+    }
+
+    const SIGNED_POLICY: &str = r#"{
+    "default": [{"type": "reject"}],
+    "transports": {
+        "docker": {
+            "registry.example.com": [{"type": "insecureAcceptAnything"}]
+        }
+    }
+}
+"#;
+
+    #[test]
+    fn a_containers_policy_json_and_registries_d_files_load_with_the_toml_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.toml"), "mode = \"blocklist\"\n").expect("write");
+        std::fs::write(dir.path().join("policy.json"), SIGNED_POLICY).expect("write");
+        std::fs::write(
+            dir.path().join("example.yaml"),
+            "docker:\n  registry.example.com:\n    lookaside: http://sigs.example.com/store\n",
+        )
+        .expect("write");
+        let policy = load(&[dir.path().to_path_buf()]).expect("loads");
+        let trust = policy.trust().expect("a signature policy");
+        assert!(trust.policy_file.ends_with("policy.json"));
+        assert!(trust.policy.docker.contains_key("registry.example.com"));
+        assert!(trust.registries.docker.contains_key("registry.example.com"));
+        // Without the JSON: nothing is required, and that is said.
+        std::fs::remove_file(dir.path().join("policy.json")).expect("rm");
+        let policy = load(&[dir.path().to_path_buf()]).expect("loads");
+        assert!(policy.trust().is_none());
+        assert!(
+            policy
+                .warnings()
+                .iter()
+                .any(|w| w.message.contains("no signature is required")),
+            "{:?}",
+            policy.warnings()
+        );
+    }
+
+    #[test]
+    fn a_bad_or_second_signature_policy_rejects_the_set_with_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.json"), SIGNED_POLICY).expect("write");
+        std::fs::write(dir.path().join("b.json"), SIGNED_POLICY).expect("write");
+        let problems = load(&[dir.path().to_path_buf()]).expect_err("two policies");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.file.ends_with("b.json") && p.message.contains("second")),
+            "{problems:?}"
+        );
+        std::fs::remove_file(dir.path().join("b.json")).expect("rm");
+        std::fs::write(
+            dir.path().join("a.json"),
+            "{\n  \"default\": [{\"type\": \"reject\"}],\n  \"defualt\": []\n}\n",
+        )
+        .expect("write");
+        let problems = load(&[dir.path().to_path_buf()]).expect_err("unknown key");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].file.ends_with("a.json"), "{problems:?}");
+        assert_eq!(problems[0].line, Some(3), "{problems:?}");
+        // An emptied policy.json is not "no signature policy".
+        std::fs::write(dir.path().join("a.json"), "\n").expect("write");
+        assert!(load(&[dir.path().to_path_buf()]).is_err());
     }
 }

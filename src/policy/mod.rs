@@ -298,6 +298,8 @@ pub struct Policy {
     short_name_mode: ShortNameMode,
     warnings: Vec<Problem>,
     sources: Vec<PathBuf>,
+    /// The signature policy (containers-policy.json and registries.d), when one is loaded.
+    trust: Option<Arc<signature::trust::Trust>>,
 }
 
 impl Default for Policy {
@@ -315,11 +317,17 @@ impl Default for Policy {
             short_name_mode: ShortNameMode::default(),
             warnings: Vec::new(),
             sources: Vec::new(),
+            trust: None,
         }
     }
 }
 
 impl Policy {
+    /// The signature policy in force, if the policy paths hold a containers-policy.json.
+    pub fn trust(&self) -> Option<&Arc<signature::trust::Trust>> {
+        self.trust.as_ref()
+    }
+
     pub fn mode(&self) -> Mode {
         self.mode
     }

@@ -89,7 +89,7 @@ impl RegistriesD {
 
     /// Adds one file's entries; a scope or `default-docker` already defined is an error
     /// naming both files, as containers/image reports it.
-    fn merge(&mut self, other: RegistriesD) -> Result<(), Problem> {
+    pub(crate) fn merge(&mut self, other: RegistriesD) -> Result<(), Problem> {
         if let Some(ns) = other.default_docker {
             if let Some(first) = &self.default_docker {
                 return Err(duplicate(&ns, "\"default-docker\"", first));
