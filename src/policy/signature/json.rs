@@ -180,6 +180,22 @@ mod tests {
         assert_eq!((items[0].line, items[1].line), (2, 4));
     }
 
+    /// Whatever serde_json reads as a string, the tree holds the same string: the two parsers
+    /// agree on escapes and on raw non-ASCII (U+2028 and U+2029 included).
+    #[test]
+    fn strings_decode_as_serde_json_decodes_them() {
+        for raw in [
+            r#""plain""#,
+            r#""\/ \" \\ \b\f\n\r\t""#,
+            r#""\u0000\u001f\u007f\uFFFF\uDBFF\uDFFF""#,
+            "\"\u{2028}\u{2029}\u{a0}\u{1F600}\"",
+            r#""""#,
+        ] {
+            let want: String = serde_json::from_str(raw).unwrap();
+            assert_eq!(parse(raw).unwrap().value, Value::String(want), "{raw}");
+        }
+    }
+
     /// Strict RFC 8259 only: everything JSONC, JSON5 or a lenient reader would accept is
     /// refused, each on its line.
     #[test]
