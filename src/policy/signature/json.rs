@@ -1,8 +1,14 @@
-//! A JSON reader that keeps the line of every value and key and refuses duplicate keys.
+//! Adapter from maintained JSON parsers to the tree the policy readers walk: every value and
+//! key keeps its line, and a repeated key is refused.
 //!
-//! serde_json neither reports where a value was nor notices a repeated key (the last one
-//! silently wins); containers/image refuses duplicates at every level, and every later
-//! semantic error here must name its line, so the policy file is read into this tree instead.
+//! serde_json alone neither reports where a value was nor notices a repeated key (the last
+//! one silently wins); containers/image refuses duplicates at every level, and every later
+//! semantic error here must name its line. So serde_json, a strict RFC 8259 parser, decides
+//! whether the text is JSON at all (and where it is not), and jsonc-parser, held to strict
+//! JSON by its options, gives the byte ranges that become lines.
+
+use jsonc_parser::ast;
+use jsonc_parser::common::Ranged;
 
 /// A JSON value and the line it starts on.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,260 +49,97 @@ pub(crate) struct SyntaxError {
     pub message: String,
 }
 
-/// Deep enough for any policy; stops a hostile file from exhausting the stack.
+pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        let full = e.to_string();
+        let message = match full.rsplit_once(" at line ") {
+            Some((message, _)) => message.to_owned(),
+            None => full,
+        };
+        return Err(SyntaxError {
+            line: e.line().max(1),
+            message,
+        });
+    }
+    let strict = jsonc_parser::ParseOptions {
+        allow_comments: false,
+        allow_loose_object_property_names: false,
+        allow_trailing_commas: false,
+        allow_missing_commas: false,
+        allow_single_quoted_strings: false,
+        allow_hexadecimal_numbers: false,
+        allow_unary_plus_numbers: false,
+        allow_bare_decimal_point_numbers: false,
+        allow_non_finite_numbers: false,
+        allow_extended_string_escapes: false,
+    };
+    let lines = Lines::new(text);
+    let parsed = jsonc_parser::parse_to_ast(text, &Default::default(), &strict).map_err(|e| {
+        SyntaxError {
+            line: e.line_display(),
+            message: e.kind().to_string(),
+        }
+    })?;
+    let value = parsed.value.ok_or(SyntaxError {
+        line: 1,
+        message: "EOF while parsing a value".to_owned(),
+    })?;
+    node(&lines, value, 0)
+}
+
+/// Deep enough for any policy; bounds the recursion below (jsonc-parser stops at 512).
 const MAX_DEPTH: usize = 64;
 
-pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let mut p = Parser {
-        bytes: text.as_bytes(),
-        at: 0,
-        line: 1,
+/// Byte offset to 1-based line.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Lines {
+        Lines(text.match_indices('\n').map(|(at, _)| at).collect())
+    }
+
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
+}
+
+fn node(lines: &Lines, value: ast::Value<'_>, depth: usize) -> Result<Node, SyntaxError> {
+    let line = lines.of(value.start());
+    if depth > MAX_DEPTH {
+        return Err(SyntaxError {
+            line,
+            message: "JSON nested too deeply".to_owned(),
+        });
+    }
+    let value = match value {
+        ast::Value::NullKeyword(_) => Value::Null,
+        ast::Value::BooleanLit(b) => Value::Bool(b.value),
+        ast::Value::NumberLit(_) => Value::Number,
+        ast::Value::StringLit(s) => Value::String(s.value.into_owned()),
+        ast::Value::Array(a) => Value::Array(
+            a.elements
+                .into_iter()
+                .map(|v| node(lines, v, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        ast::Value::Object(o) => {
+            let mut members: Vec<(String, usize, Node)> = Vec::new();
+            for prop in o.properties {
+                let line = lines.of(prop.range.start);
+                let key = prop.name.into_string();
+                if let Some((_, first, _)) = members.iter().find(|(k, _, _)| *k == key) {
+                    return Err(SyntaxError {
+                        line,
+                        message: format!("Duplicate key {key:?} (first at line {first})"),
+                    });
+                }
+                let value = node(lines, prop.value, depth + 1)?;
+                members.push((key, line, value));
+            }
+            Value::Object(members)
+        }
     };
-    p.skip_ws();
-    let node = p.value(0)?;
-    p.skip_ws();
-    if p.at != p.bytes.len() {
-        return Err(p.error("unexpected data after the JSON value"));
-    }
-    Ok(node)
-}
-
-struct Parser<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    line: usize,
-}
-
-impl Parser<'_> {
-    fn error(&self, message: &str) -> SyntaxError {
-        SyntaxError {
-            line: self.line,
-            message: message.to_owned(),
-        }
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(b) = self.peek() {
-            match b {
-                b'\n' => self.line += 1,
-                b' ' | b'\t' | b'\r' => {}
-                _ => return,
-            }
-            self.at += 1;
-        }
-    }
-
-    fn expect(&mut self, b: u8, what: &str) -> Result<(), SyntaxError> {
-        self.skip_ws();
-        if self.peek() == Some(b) {
-            self.at += 1;
-            Ok(())
-        } else {
-            Err(self.error(&format!("expected {what}")))
-        }
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Node, SyntaxError> {
-        if depth > MAX_DEPTH {
-            return Err(self.error("JSON nested too deeply"));
-        }
-        self.skip_ws();
-        let line = self.line;
-        let value = match self.peek() {
-            None => return Err(self.error("unexpected end of input")),
-            Some(b'{') => self.object(depth)?,
-            Some(b'[') => self.array(depth)?,
-            Some(b'"') => Value::String(self.string()?),
-            Some(b't') => self.literal("true", Value::Bool(true))?,
-            Some(b'f') => self.literal("false", Value::Bool(false))?,
-            Some(b'n') => self.literal("null", Value::Null)?,
-            Some(b'-' | b'0'..=b'9') => self.number()?,
-            Some(_) => return Err(self.error("expected a JSON value")),
-        };
-        Ok(Node { line, value })
-    }
-
-    fn literal(&mut self, word: &str, value: Value) -> Result<Value, SyntaxError> {
-        if self.bytes[self.at..].starts_with(word.as_bytes()) {
-            self.at += word.len();
-            Ok(value)
-        } else {
-            Err(self.error("expected a JSON value"))
-        }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.at;
-        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
-            self.at += 1;
-        }
-        self.at - start
-    }
-
-    fn number(&mut self) -> Result<Value, SyntaxError> {
-        let bad = |p: &Self| p.error("invalid number");
-        if self.peek() == Some(b'-') {
-            self.at += 1;
-        }
-        match self.peek() {
-            Some(b'0') => self.at += 1,
-            Some(b'1'..=b'9') => {
-                self.digits();
-            }
-            _ => return Err(bad(self)),
-        }
-        if self.peek() == Some(b'.') {
-            self.at += 1;
-            if self.digits() == 0 {
-                return Err(bad(self));
-            }
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.at += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.at += 1;
-            }
-            if self.digits() == 0 {
-                return Err(bad(self));
-            }
-        }
-        Ok(Value::Number)
-    }
-
-    fn hex4(&mut self) -> Result<u32, SyntaxError> {
-        let hex = self
-            .bytes
-            .get(self.at..self.at + 4)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .ok_or_else(|| self.error("invalid \\u escape"))?;
-        self.at += 4;
-        Ok(hex)
-    }
-
-    fn string(&mut self) -> Result<String, SyntaxError> {
-        self.at += 1; // the opening quote
-        let mut out = String::new();
-        loop {
-            let start = self.at;
-            while self
-                .peek()
-                .is_some_and(|b| b != b'"' && b != b'\\' && b >= 0x20)
-            {
-                self.at += 1;
-            }
-            // Input is a &str and we stop only at ASCII bytes, so this is a char boundary.
-            out.push_str(&String::from_utf8_lossy(&self.bytes[start..self.at]));
-            match self.peek() {
-                None => return Err(self.error("unterminated string")),
-                Some(b'"') => {
-                    self.at += 1;
-                    return Ok(out);
-                }
-                Some(b'\\') => {
-                    self.at += 1;
-                    let escape = self
-                        .peek()
-                        .ok_or_else(|| self.error("unterminated string"))?;
-                    self.at += 1;
-                    match escape {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => out.push(self.unicode_escape()?),
-                        _ => return Err(self.error("invalid escape in string")),
-                    }
-                }
-                Some(_) => return Err(self.error("control character in string")),
-            }
-        }
-    }
-
-    fn unicode_escape(&mut self) -> Result<char, SyntaxError> {
-        let first = self.hex4()?;
-        let code = if (0xD800..0xDC00).contains(&first) {
-            if !self.bytes[self.at..].starts_with(b"\\u") {
-                return Err(self.error("unpaired surrogate in \\u escape"));
-            }
-            self.at += 2;
-            let second = self.hex4()?;
-            if !(0xDC00..0xE000).contains(&second) {
-                return Err(self.error("unpaired surrogate in \\u escape"));
-            }
-            0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
-        } else {
-            first
-        };
-        char::from_u32(code).ok_or_else(|| self.error("unpaired surrogate in \\u escape"))
-    }
-
-    fn array(&mut self, depth: usize) -> Result<Value, SyntaxError> {
-        self.at += 1;
-        let mut items = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.at += 1;
-            return Ok(Value::Array(items));
-        }
-        loop {
-            items.push(self.value(depth + 1)?);
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(Value::Array(items));
-                }
-                _ => return Err(self.error("expected ',' or ']' in array")),
-            }
-        }
-    }
-
-    fn object(&mut self, depth: usize) -> Result<Value, SyntaxError> {
-        self.at += 1;
-        let mut members: Vec<(String, usize, Node)> = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            return Ok(Value::Object(members));
-        }
-        loop {
-            self.skip_ws();
-            if self.peek() != Some(b'"') {
-                return Err(self.error("expected a string key in object"));
-            }
-            let line = self.line;
-            let key = self.string()?;
-            if let Some((_, first, _)) = members.iter().find(|(k, _, _)| *k == key) {
-                return Err(SyntaxError {
-                    line,
-                    message: format!("Duplicate key {key:?} (first at line {first})"),
-                });
-            }
-            self.expect(b':', "':' after an object key")?;
-            let value = self.value(depth + 1)?;
-            members.push((key, line, value));
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(Value::Object(members));
-                }
-                _ => return Err(self.error("expected ',' or '}' in object")),
-            }
-        }
-    }
+    Ok(Node { line, value })
 }
 
 #[cfg(test)]
@@ -308,6 +151,7 @@ mod tests {
         let node =
             parse("{\n \"a\": [1, -2.5e3, true, null],\n \"b\": \"x\\u00e9\\ud83d\\ude00\\n\"\n}")
                 .unwrap();
+        assert_eq!(node.line, 1);
         let Value::Object(members) = node.value else {
             panic!("object")
         };
@@ -317,8 +161,43 @@ mod tests {
             members[1].2.value,
             Value::String("x\u{e9}\u{1F600}\n".into())
         );
+        let Value::Array(items) = &members[0].2.value else {
+            panic!("array")
+        };
+        assert_eq!(
+            items.iter().map(|n| &n.value).collect::<Vec<_>>(),
+            [
+                &Value::Number,
+                &Value::Number,
+                &Value::Bool(true),
+                &Value::Null
+            ]
+        );
+        let multi = parse("[\n1,\n\n\"x\"]").unwrap();
+        let Value::Array(items) = multi.value else {
+            panic!("array")
+        };
+        assert_eq!((items[0].line, items[1].line), (2, 4));
     }
 
+    /// Whatever serde_json reads as a string, the tree holds the same string: the two parsers
+    /// agree on escapes and on raw non-ASCII (U+2028 and U+2029 included).
+    #[test]
+    fn strings_decode_as_serde_json_decodes_them() {
+        for raw in [
+            r#""plain""#,
+            r#""\/ \" \\ \b\f\n\r\t""#,
+            r#""\u0000\u001f\u007f\uFFFF\uDBFF\uDFFF""#,
+            "\"\u{2028}\u{2029}\u{a0}\u{1F600}\"",
+            r#""""#,
+        ] {
+            let want: String = serde_json::from_str(raw).unwrap();
+            assert_eq!(parse(raw).unwrap().value, Value::String(want), "{raw}");
+        }
+    }
+
+    /// Strict RFC 8259 only: everything JSONC, JSON5 or a lenient reader would accept is
+    /// refused, each on its line.
     #[test]
     fn syntax_errors_name_their_line() {
         for (text, line, message) in [
@@ -327,15 +206,46 @@ mod tests {
                 3,
                 "Duplicate key \"a\" (first at line 2)",
             ),
-            ("{\"a\": 1,\n}", 2, "expected a string key in object"),
-            ("[1 2]", 1, "expected ',' or ']' in array"),
-            ("{} {}", 1, "unexpected data after the JSON value"),
-            ("\"\\ud800\"", 1, "unpaired surrogate in \\u escape"),
-            ("01", 1, "unexpected data after the JSON value"),
-            ("\n\n\"abc", 3, "unterminated string"),
+            ("{\"a\": {\"b\": 1,\n \"b\": 1}}", 2, "Duplicate key \"b\""),
+            ("{\"a\": 1,\n}", 2, "key must be a string"),
+            ("[1,\n]", 2, "expected value"),
+            ("[1 2]", 1, "expected `,` or `]`"),
+            ("{} {}", 1, "trailing characters"),
+            ("\"\\ud800\"", 1, "unpaired high surrogate"),
+            ("\"\\udc00\"", 1, "unpaired low surrogate"),
+            ("01", 1, "invalid number"),
+            ("1.", 1, "invalid number"),
+            (".5", 1, "expected value"),
+            ("+1", 1, "expected value"),
+            ("0x10", 1, "trailing characters"),
+            ("NaN", 1, "expected value"),
+            ("\n\n\"abc", 3, "EOF while parsing a string"),
+            ("\"a\nb\"", 1, "control character"),
+            ("{\"a\": 'b'}", 1, "expected value"),
+            ("{a: 1}", 1, "key must be a string"),
+            ("// c\n{}", 1, "expected value"),
+            ("{\"a\": 1 /* c */}", 1, "expected `,` or `}`"),
+            ("\u{feff}{}", 1, "expected value"),
+            ("{\u{a0}}", 1, "key must be a string"),
+            ("[\u{c}1]", 1, "expected value"),
+            ("\"\\x41\"", 1, "invalid escape"),
+            ("\"\\'\"", 1, "invalid escape"),
+            ("", 1, "EOF while parsing a value"),
+            (&"[".repeat(200), 1, "EOF while parsing a list"),
+            (
+                &format!("{}{}", "[".repeat(66), "]".repeat(66)),
+                1,
+                "JSON nested too deeply",
+            ),
+            (
+                &format!("{}{}", "[".repeat(600), "]".repeat(600)),
+                1,
+                "Maximum nesting depth exceeded",
+            ),
         ] {
             let err = parse(text).unwrap_err();
-            assert_eq!((err.line, err.message.as_str()), (line, message), "{text}");
+            assert_eq!(err.line, line, "{text:?}: {err:?}");
+            assert!(err.message.contains(message), "{text:?}: {err:?}");
         }
     }
 }

@@ -6,6 +6,8 @@
 //! is given, and nothing enforces what it parses.
 
 pub mod containers_policy;
+pub mod evaluate;
+pub mod identity;
 mod json;
 pub mod registries_d;
 pub mod scope;
