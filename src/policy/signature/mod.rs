@@ -9,6 +9,7 @@ pub mod containers_policy;
 mod json;
 pub mod registries_d;
 pub mod scope;
+pub mod verify;
 
 pub use containers_policy::{requirements_for, PolicyJson, Requirement, SignedIdentity};
 pub use scope::ImageRef;
