@@ -12,6 +12,7 @@ mod json;
 pub mod registries_d;
 pub mod scope;
 pub mod trust;
+pub mod verify;
 
 pub use containers_policy::{requirements_for, PolicyJson, Requirement, SignedIdentity};
 pub use scope::ImageRef;
