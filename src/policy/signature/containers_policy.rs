@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 
+use super::identity::DockerRef;
 use super::json::{self, Node, Value};
 use super::scope::{is_domain, validate_docker_scope, ImageRef};
-use crate::reference::{ImageReference, Repository, DOCKER_HUB};
+use crate::reference::Repository;
 use crate::toml_check::Problem;
 
 /// The scope name [`requirements_for`] reports when the global `default` decided. No valid
@@ -706,30 +707,21 @@ impl Reader<'_> {
                 let raw = self.required(&f, "dockerReference", path)?;
                 let line = f.get("dockerReference").map_or(f.line, |n| n.line);
                 let key = format!("{path}.dockerReference");
-                let parsed = ImageReference::parse(raw).map_err(|e| {
+                let parsed = DockerRef::parse_normalized(raw).map_err(|e| {
                     self.problem(
                         line,
                         &key,
                         format!("Invalid format of dockerReference {raw:?}: {e}"),
                     )
                 })?;
-                if parsed.tag.is_none() && parsed.digest.is_none() {
+                if parsed.is_name_only() {
                     return Err(self.problem(
                         line,
                         &key,
                         format!("dockerReference {raw:?} contains neither a tag nor digest"),
                     ));
                 }
-                let (registry, repository) = parsed.name.qualify(DOCKER_HUB);
-                let mut docker_reference = format!("{registry}/{repository}");
-                if let Some(tag) = &parsed.tag {
-                    docker_reference.push(':');
-                    docker_reference.push_str(tag);
-                }
-                if let Some(digest) = &parsed.digest {
-                    docker_reference.push('@');
-                    docker_reference.push_str(digest.as_str());
-                }
+                let docker_reference = parsed.to_string();
                 Ok(SignedIdentity::ExactReference { docker_reference })
             }
             "exactRepository" => {
@@ -738,16 +730,15 @@ impl Reader<'_> {
                 let line = f.get("dockerRepository").map_or(f.line, |n| n.line);
                 // containers/image parses it as a reference and compares only the name, so
                 // a tag or digest here is accepted and ignored.
-                let parsed = ImageReference::parse(raw).map_err(|e| {
+                let parsed = DockerRef::parse_normalized(raw).map_err(|e| {
                     self.problem(
                         line,
                         &format!("{path}.dockerRepository"),
                         format!("Invalid format of dockerRepository {raw:?}: {e}"),
                     )
                 })?;
-                let (registry, repository) = parsed.name.qualify(DOCKER_HUB);
                 Ok(SignedIdentity::ExactRepository {
-                    docker_repository: format!("{registry}/{repository}"),
+                    docker_repository: parsed.name().to_owned(),
                 })
             }
             "remapIdentity" => {

@@ -96,7 +96,7 @@ impl DockerRef {
         &self.name
     }
 
-    fn is_name_only(&self) -> bool {
+    pub(crate) fn is_name_only(&self) -> bool {
         self.tag.is_none() && self.digest.is_none()
     }
 }

@@ -207,6 +207,8 @@ mod tests {
                 "Duplicate key \"a\" (first at line 2)",
             ),
             ("{\"a\": {\"b\": 1,\n \"b\": 1}}", 2, "Duplicate key \"b\""),
+            // Keys compare decoded, as containers/image compares them.
+            ("{\"a\": 1, \"\\u0061\": 2}", 1, "Duplicate key \"a\""),
             ("{\"a\": 1,\n}", 2, "key must be a string"),
             ("[1,\n]", 2, "expected value"),
             ("[1 2]", 1, "expected `,` or `]`"),

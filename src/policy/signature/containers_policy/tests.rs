@@ -141,6 +141,10 @@ fn invalid_files_name_line_and_problem() {
         (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\",\n\"signedIdentity\": {\"type\": \"matchExact\", \"x\": 1}}"), 4, "Unknown key \"x\""),
         (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\", \"signedIdentity\": {\"type\": \"exactReference\",\n\"dockerReference\": \"busybox\"}}"), 4, "contains neither a tag nor digest"),
         (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\", \"signedIdentity\": {\"type\": \"exactReference\"}}"), 3, "Key \"dockerReference\" missing"),
+        // Hosts containers/image would keep as written but our grammar would fold are refused,
+        // so a policy never accepts a signature containers/image would not.
+        (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\", \"signedIdentity\": {\"type\": \"exactReference\",\n\"dockerReference\": \"registry-1.docker.io/library/busybox:1\"}}"), 4, "not written as distribution/reference keeps it"),
+        (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\", \"signedIdentity\": {\"type\": \"exactRepository\",\n\"dockerRepository\": \"Quay.io/x\"}}"), 4, "Invalid format of dockerRepository \"Quay.io/x\": registry host"),
         (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\", \"signedIdentity\": {\"type\": \"exactRepository\",\n\"dockerRepository\": \"UPPER/case\"}}"), 4, "Invalid format of dockerRepository"),
         (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\", \"signedIdentity\": {\"type\": \"remapIdentity\", \"prefix\": \"example.com\",\n\"signedPrefix\": \"example.com/Upper\"}}"), 4, "prefix \"example.com/Upper\" is not valid"),
         (req("{\"type\": \"signedBy\", \"keyType\": \"GPGKeys\", \"keyPath\": \"/a\", \"signedIdentity\": {\"type\": \"remapIdentity\", \"prefix\": \"example.com\"}}"), 3, "Key \"signedPrefix\" missing"),
