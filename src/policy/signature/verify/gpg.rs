@@ -8,6 +8,7 @@ use std::io::Read;
 use std::time::{Duration, SystemTime};
 
 use pgp::composed::Message;
+use pgp::crypto::hash::HashAlgorithm;
 use pgp::packet::SignatureType;
 
 use super::keys::GpgKeyring;
@@ -123,11 +124,17 @@ fn find_signer<'m, 'k>(
     };
     let mut issuers = Vec::new();
     let mut claimed_trusted = false;
+    let mut md5 = false;
     for index in 0..reader.num_signatures() {
         let Some(signature) = reader.signature(index) else {
             continue;
         };
         if signature.typ() != Some(SignatureType::Binary) {
+            continue;
+        }
+        // MD5 collisions are cheap; gpg (and so skopeo) refuses MD5 signatures by default.
+        if signature.hash_alg() == Some(HashAlgorithm::Md5) {
+            md5 = true;
             continue;
         }
         let ids = signature.issuer_key_id();
@@ -147,6 +154,11 @@ fn find_signer<'m, 'k>(
             }
         }
         issuers.extend(ids.iter().map(|id| hex::encode_upper(id.as_ref())));
+    }
+    if md5 {
+        return Err(SigError::Invalid(
+            "signature uses the MD5 hash, which is not accepted".to_owned(),
+        ));
     }
     if claimed_trusted {
         // It names a trusted key but that key's check fails: altered content or signature.
@@ -193,6 +205,11 @@ mod tests {
     const SUBKEY_SIG: &[u8] = include_bytes!("testdata/subkey.sig");
     const UNCOMPRESSED_SIG: &[u8] = include_bytes!("testdata/uncompressed.sig");
     const EXPIRED_SIG: &[u8] = include_bytes!("testdata/expired.sig");
+    const EXPIRED_KEY_GPG: &[u8] = include_bytes!("testdata/expired-key.gpg");
+    const EXPIRED_KEY_SIG: &[u8] = include_bytes!("testdata/expired-key.sig");
+    const REVOKED_KEY_GPG: &[u8] = include_bytes!("testdata/revoked-key.gpg");
+    const REVOKED_KEY_SIG: &[u8] = include_bytes!("testdata/revoked-key.sig");
+    const MD5_SIG: &[u8] = include_bytes!("testdata/md5.sig");
     const MANIFEST: &[u8] = include_bytes!("testdata/manifest.json");
 
     fn keyring(blob: &[u8]) -> GpgKeyring {
@@ -301,6 +318,31 @@ mod tests {
         // Before its expiry (10 s after 1796187410) it verifies.
         let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_187_415);
         assert!(verify_simple_signing_at(EXPIRED_SIG, &keyring(TRUSTED_GPG), then).is_ok());
+    }
+
+    #[test]
+    fn signature_by_an_expired_key_is_refused() {
+        let ring = keyring(EXPIRED_KEY_GPG);
+        let e = verify_simple_signing(EXPIRED_KEY_SIG, &ring).unwrap_err();
+        assert!(matches!(e, SigError::KeyUnusable(_)), "{e}");
+        assert!(e.to_string().contains("expired at"), "{e}");
+        // While the key was valid (it was made at 1795930020, for one day), it verifies.
+        let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_930_020 + 120);
+        assert!(verify_simple_signing_at(EXPIRED_KEY_SIG, &ring, then).is_ok());
+    }
+
+    #[test]
+    fn signature_by_a_revoked_key_is_refused() {
+        let e = verify_simple_signing(REVOKED_KEY_SIG, &keyring(REVOKED_KEY_GPG)).unwrap_err();
+        assert!(matches!(e, SigError::KeyUnusable(_)), "{e}");
+        assert!(e.to_string().contains("is revoked"), "{e}");
+    }
+
+    #[test]
+    fn md5_signature_is_refused_as_skopeo_refuses_it() {
+        let e = verify_simple_signing(MD5_SIG, &keyring(TRUSTED_GPG)).unwrap_err();
+        assert!(matches!(e, SigError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("MD5"), "{e}");
     }
 
     #[test]
