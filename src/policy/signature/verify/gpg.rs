@@ -139,13 +139,18 @@ fn find_signer<'m, 'k>(
         }
         let ids = signature.issuer_key_id();
         let fprs = signature.issuer_fingerprint();
+        // Only the key the signature names is tried (a hostile signature cannot make every
+        // trusted key run a verification); one that names none is tried with all, as RFC
+        // 9580 lets the issuer be omitted.
+        let anonymous = ids.is_empty() && fprs.is_empty();
         for signer in &keyring.signers {
             let names_it = ids.iter().any(|id| **id == signer.key_id)
                 || fprs.iter().any(|f| format!("{f:X}") == signer.fingerprint);
             claimed_trusted |= names_it;
-            if message
-                .verify_nested_explicit(index, signer.key.verifying())
-                .is_ok()
+            if (names_it || anonymous)
+                && message
+                    .verify_nested_explicit(index, signer.key.verifying())
+                    .is_ok()
             {
                 return Ok(Found {
                     signature,
@@ -307,6 +312,33 @@ mod tests {
                 verify_simple_signing(&altered, &keyring(TRUSTED_GPG)).is_err(),
                 "flipped byte {at} accepted"
             );
+        }
+    }
+
+    #[test]
+    fn no_single_byte_change_or_truncation_verifies_or_panics() {
+        // RSA is slow unoptimised: the compressed case uses the ed25519 subkey's signature.
+        let ring = keyring(SEVERAL_GPG);
+        for original in [SUBKEY_SIG, UNCOMPRESSED_SIG] {
+            for at in 0..original.len() {
+                for flip in [0x01u8, 0x80] {
+                    let mut altered = original.to_vec();
+                    altered[at] ^= flip;
+                    if let Ok(p) = verify_simple_signing(&altered, &ring) {
+                        // A change in a field nothing hashes (e.g. the literal's file name
+                        // or an unhashed subpacket) may keep the signature valid, but never
+                        // changes what was signed.
+                        assert_eq!(p.docker_reference, REFERENCE, "byte {at}^{flip:#x}");
+                        assert_eq!(p.manifest_digest, DIGEST, "byte {at}^{flip:#x}");
+                    }
+                }
+            }
+            for len in 0..original.len() {
+                assert!(
+                    verify_simple_signing(&original[..len], &ring).is_err(),
+                    "truncated to {len} verified"
+                );
+            }
         }
     }
 
