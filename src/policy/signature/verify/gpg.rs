@@ -8,6 +8,7 @@ use std::io::Read;
 use std::time::{Duration, SystemTime};
 
 use pgp::composed::Message;
+use pgp::crypto::hash::HashAlgorithm;
 use pgp::packet::SignatureType;
 
 use super::keys::GpgKeyring;
@@ -123,6 +124,7 @@ fn find_signer<'m, 'k>(
     };
     let mut issuers = Vec::new();
     let mut claimed_trusted = false;
+    let mut md5 = false;
     for index in 0..reader.num_signatures() {
         let Some(signature) = reader.signature(index) else {
             continue;
@@ -130,15 +132,25 @@ fn find_signer<'m, 'k>(
         if signature.typ() != Some(SignatureType::Binary) {
             continue;
         }
+        // MD5 collisions are cheap; gpg (and so skopeo) refuses MD5 signatures by default.
+        if signature.hash_alg() == Some(HashAlgorithm::Md5) {
+            md5 = true;
+            continue;
+        }
         let ids = signature.issuer_key_id();
         let fprs = signature.issuer_fingerprint();
+        // Only the key the signature names is tried (a hostile signature cannot make every
+        // trusted key run a verification); one that names none is tried with all, as RFC
+        // 9580 lets the issuer be omitted.
+        let anonymous = ids.is_empty() && fprs.is_empty();
         for signer in &keyring.signers {
             let names_it = ids.iter().any(|id| **id == signer.key_id)
                 || fprs.iter().any(|f| format!("{f:X}") == signer.fingerprint);
             claimed_trusted |= names_it;
-            if message
-                .verify_nested_explicit(index, signer.key.verifying())
-                .is_ok()
+            if (names_it || anonymous)
+                && message
+                    .verify_nested_explicit(index, signer.key.verifying())
+                    .is_ok()
             {
                 return Ok(Found {
                     signature,
@@ -147,6 +159,11 @@ fn find_signer<'m, 'k>(
             }
         }
         issuers.extend(ids.iter().map(|id| hex::encode_upper(id.as_ref())));
+    }
+    if md5 {
+        return Err(SigError::Invalid(
+            "signature uses the MD5 hash, which is not accepted".to_owned(),
+        ));
     }
     if claimed_trusted {
         // It names a trusted key but that key's check fails: altered content or signature.
@@ -193,6 +210,11 @@ mod tests {
     const SUBKEY_SIG: &[u8] = include_bytes!("testdata/subkey.sig");
     const UNCOMPRESSED_SIG: &[u8] = include_bytes!("testdata/uncompressed.sig");
     const EXPIRED_SIG: &[u8] = include_bytes!("testdata/expired.sig");
+    const EXPIRED_KEY_GPG: &[u8] = include_bytes!("testdata/expired-key.gpg");
+    const EXPIRED_KEY_SIG: &[u8] = include_bytes!("testdata/expired-key.sig");
+    const REVOKED_KEY_GPG: &[u8] = include_bytes!("testdata/revoked-key.gpg");
+    const REVOKED_KEY_SIG: &[u8] = include_bytes!("testdata/revoked-key.sig");
+    const MD5_SIG: &[u8] = include_bytes!("testdata/md5.sig");
     const MANIFEST: &[u8] = include_bytes!("testdata/manifest.json");
 
     fn keyring(blob: &[u8]) -> GpgKeyring {
@@ -294,6 +316,33 @@ mod tests {
     }
 
     #[test]
+    fn no_single_byte_change_or_truncation_verifies_or_panics() {
+        // RSA is slow unoptimised: the compressed case uses the ed25519 subkey's signature.
+        let ring = keyring(SEVERAL_GPG);
+        for original in [SUBKEY_SIG, UNCOMPRESSED_SIG] {
+            for at in 0..original.len() {
+                for flip in [0x01u8, 0x80] {
+                    let mut altered = original.to_vec();
+                    altered[at] ^= flip;
+                    if let Ok(p) = verify_simple_signing(&altered, &ring) {
+                        // A change in a field nothing hashes (e.g. the literal's file name
+                        // or an unhashed subpacket) may keep the signature valid, but never
+                        // changes what was signed.
+                        assert_eq!(p.docker_reference, REFERENCE, "byte {at}^{flip:#x}");
+                        assert_eq!(p.manifest_digest, DIGEST, "byte {at}^{flip:#x}");
+                    }
+                }
+            }
+            for len in 0..original.len() {
+                assert!(
+                    verify_simple_signing(&original[..len], &ring).is_err(),
+                    "truncated to {len} verified"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn expired_signature_is_refused() {
         let e = verify_simple_signing(EXPIRED_SIG, &keyring(TRUSTED_GPG)).unwrap_err();
         assert!(matches!(e, SigError::Expired(_)), "{e}");
@@ -301,6 +350,31 @@ mod tests {
         // Before its expiry (10 s after 1796187410) it verifies.
         let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_187_415);
         assert!(verify_simple_signing_at(EXPIRED_SIG, &keyring(TRUSTED_GPG), then).is_ok());
+    }
+
+    #[test]
+    fn signature_by_an_expired_key_is_refused() {
+        let ring = keyring(EXPIRED_KEY_GPG);
+        let e = verify_simple_signing(EXPIRED_KEY_SIG, &ring).unwrap_err();
+        assert!(matches!(e, SigError::KeyUnusable(_)), "{e}");
+        assert!(e.to_string().contains("expired at"), "{e}");
+        // While the key was valid (it was made at 1795930020, for one day), it verifies.
+        let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_930_020 + 120);
+        assert!(verify_simple_signing_at(EXPIRED_KEY_SIG, &ring, then).is_ok());
+    }
+
+    #[test]
+    fn signature_by_a_revoked_key_is_refused() {
+        let e = verify_simple_signing(REVOKED_KEY_SIG, &keyring(REVOKED_KEY_GPG)).unwrap_err();
+        assert!(matches!(e, SigError::KeyUnusable(_)), "{e}");
+        assert!(e.to_string().contains("is revoked"), "{e}");
+    }
+
+    #[test]
+    fn md5_signature_is_refused_as_skopeo_refuses_it() {
+        let e = verify_simple_signing(MD5_SIG, &keyring(TRUSTED_GPG)).unwrap_err();
+        assert!(matches!(e, SigError::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("MD5"), "{e}");
     }
 
     #[test]

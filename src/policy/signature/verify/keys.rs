@@ -329,3 +329,81 @@ fn read(path: &str) -> Result<Vec<u8>, KeyError> {
         message: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::signature::containers_policy::PathOrData;
+    use p256::pkcs8::EncodePublicKey;
+
+    const TRUSTED_GPG: &[u8] = include_bytes!("testdata/trusted.gpg");
+    const OTHER_GPG: &[u8] = include_bytes!("testdata/other.gpg");
+
+    #[test]
+    fn trust_roots_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<GpgKeyring>();
+        shared::<CosignKeys>();
+    }
+
+    #[test]
+    fn key_paths_are_each_read_and_combined() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.gpg"), dir.path().join("b.gpg"));
+        std::fs::write(&a, TRUSTED_GPG).unwrap();
+        std::fs::write(&b, OTHER_GPG).unwrap();
+        let paths = vec![a.display().to_string(), b.display().to_string()];
+        let ring = GpgKeyring::load(&GpgKeys::Paths(paths.clone())).unwrap();
+        assert_eq!(
+            ring.fingerprints(),
+            [
+                "496936A9965277DCC9F287810FB559DAE178073F",
+                "406C93DBE8101DA8AEEA82AE9C192F16555BA887"
+            ]
+        );
+        let ring = GpgKeyring::load(&GpgKeys::Data(OTHER_GPG.to_vec())).unwrap();
+        assert_eq!(ring.fingerprints().len(), 1);
+
+        // One missing file fails them all.
+        let missing = dir.path().join("missing.gpg").display().to_string();
+        let e =
+            GpgKeyring::load(&GpgKeys::Paths(vec![paths[0].clone(), missing.clone()])).unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Read { path, .. } if *path == missing),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sigstore_key_sources_load_and_certificates_are_refused() {
+        let pem = p256::ecdsa::SigningKey::from_bytes(&[7u8; 32].into())
+            .unwrap()
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosign.pub");
+        std::fs::write(&path, &pem).unwrap();
+        let by_path = CosignKeys::load(&SigstoreKeys::Keys(PublicKeys::Path(
+            path.display().to_string(),
+        )))
+        .unwrap();
+        let by_datas = CosignKeys::load(&SigstoreKeys::Keys(PublicKeys::Datas(vec![
+            pem.clone().into_bytes(),
+            pem.into_bytes(),
+        ])))
+        .unwrap();
+        assert_eq!((by_path.keys.len(), by_datas.keys.len()), (1, 2));
+        assert_eq!(by_path.keys[0], by_datas.keys[1]);
+
+        let fulcio = SigstoreKeys::Fulcio {
+            ca: PathOrData::Data(Vec::new()),
+            oidc_issuer: "https://issuer.example".to_owned(),
+            subject_email: "a@example.invalid".to_owned(),
+        };
+        assert_eq!(
+            CosignKeys::load(&fulcio).unwrap_err(),
+            KeyError::Unsupported("fulcio")
+        );
+    }
+}

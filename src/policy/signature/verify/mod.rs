@@ -7,6 +7,10 @@
 //! Not done here: Fulcio and PKI certificates, Rekor SETs (a policy asking for them must be
 //! refused by the caller, see [`keys::CosignKeys::load`]); matching the payload against the
 //! pulled image (`signedIdentity`, manifest digest), which is the evaluator's.
+//!
+//! Inputs are taken whole: the caller bounds what it fetches (containers/image reads at most
+//! 4 MiB per signature and 128 lookaside signatures per manifest). Verification is CPU work
+//! (an RSA or ECDSA check per signature), so an async caller runs it off the reactor.
 
 pub mod cosign;
 pub mod gpg;
