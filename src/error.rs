@@ -85,6 +85,10 @@ pub enum ProxyError {
     /// than one place, or a rule that could not be evaluated (fail closed).
     #[error("{0}")]
     Refused(String),
+    /// Signatures a signature policy needs could not be read (a lookaside store or the
+    /// registry's attachment down, slow or malformed): the image is not let through.
+    #[error("signatures cannot be read, so the image is refused: {0}")]
+    SignatureStore(String),
 }
 
 /// What a policy rule refused, kept apart so the audit line, the metric and the client's
@@ -156,6 +160,7 @@ impl ProxyError {
             ProxyError::TagDeleteUnsupported { .. } => StatusCode::BAD_REQUEST,
             ProxyError::RangeInvalid(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ProxyError::Refused(_) => StatusCode::FORBIDDEN,
+            ProxyError::SignatureStore(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -199,6 +204,7 @@ impl ProxyError {
             ProxyError::TagDeleteUnsupported { .. } => Code::Oci(ErrorCode::Unsupported),
             ProxyError::RangeInvalid(_) => Code::Oci(ErrorCode::BlobUploadInvalid),
             ProxyError::Refused(_) => Code::Oci(ErrorCode::Denied),
+            ProxyError::SignatureStore(_) => Code::Unavailable,
         }
     }
 
@@ -321,6 +327,7 @@ mod tests {
             ProxyError::TagDeleteUnsupported { .. } => "TagDeleteUnsupported",
             ProxyError::RangeInvalid(_) => "RangeInvalid",
             ProxyError::Refused(_) => "Refused",
+            ProxyError::SignatureStore(_) => "SignatureStore",
         }
     }
 
@@ -349,6 +356,7 @@ mod tests {
         "TagDeleteUnsupported",
         "RangeInvalid",
         "Refused",
+        "SignatureStore",
     ];
 
     fn denial(action: DenialAction) -> ProxyError {
@@ -399,6 +407,7 @@ mod tests {
             (ProxyError::TagDeleteUnsupported { registry: "corp.example.com".into() }, 400, "UNSUPPORTED", false),
             (ProxyError::RangeInvalid("starts at 10".into()), 416, "BLOB_UPLOAD_INVALID", false),
             (ProxyError::Refused("app is ambiguous".into()), 403, "DENIED", true),
+            (ProxyError::SignatureStore("lookaside: down".into()), 503, "UNAVAILABLE", false),
         ]
     }
 

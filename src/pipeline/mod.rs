@@ -29,6 +29,7 @@ pub mod referrers;
 mod respond;
 mod send;
 mod served;
+pub(crate) mod signed;
 mod sources;
 #[cfg(test)]
 mod tests;
@@ -172,6 +173,8 @@ pub struct Proxy {
     stager: Option<PushStager>,
     referrer_locks: referrers::Locks,
     uploads: uploads::Uploads,
+    /// The signature policy's signature reads and decisions.
+    signed: signed::Signed,
 }
 
 impl Proxy {
@@ -198,6 +201,10 @@ impl Proxy {
             stager,
             referrer_locks: referrers::Locks::new(),
             uploads: uploads::Uploads::new(),
+            signed: signed::Signed::new(signed::STORE_TIMEOUT).map_err(|e| UpstreamError::Tls {
+                registry: "signature stores".to_owned(),
+                message: e.to_string(),
+            })?,
         })
     }
 
@@ -498,16 +505,25 @@ impl Proxy {
                 return Ok(resp);
             }
         }
-        if let Some(resp) = self.cached_manifest(route, target, &method).await {
-            return Ok(with_warning(resp, verdict));
+        // A manifest judged on what is served (digest rules, signatures) is not answered
+        // from the cache: the cache holds what was served, not what was decided.
+        if !order.served {
+            if let Some(resp) = self.cached_manifest(route, target, &method).await {
+                return Ok(with_warning(resp, verdict));
+            }
         }
+        let authorization = order
+            .served
+            .then(|| req.headers().get(header::AUTHORIZATION).cloned())
+            .flatten();
         // Boxed, like every large future here: an async fn's future holds the futures it
         // awaits, and each level of nesting copies them again. Inline, the request future
         // was 50 KB and moving it was a tenth of the per-request instructions; boxed at this
         // level it is under 4 KB.
         let resp = Box::pin(self.forward(route, raw_name, target, req)).await?;
         let (resp, verdict) = if order.served {
-            let judged = self.judge_served(ask, target, ask.policy, resp, order.head);
+            let judged =
+                self.judge_served(ask, target, ask.policy, resp, order.head, authorization);
             let (resp, by_digest) = Box::pin(judged).await?;
             (resp, by_digest.unwrap_or(verdict))
         } else {

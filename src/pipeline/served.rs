@@ -14,7 +14,7 @@ use crate::body::{empty, full, ProxyBody};
 use crate::error::ProxyError;
 use crate::pipeline::plan::Target;
 use crate::pipeline::verdict::{Check, Verdict};
-use crate::policy::{Policy, Subject};
+use crate::policy::{Action, Policy, Subject};
 use crate::reference::Reference;
 use crate::route::Route;
 
@@ -22,14 +22,15 @@ use super::{collect_limited, Ask, Proxy, MAX_MANIFEST};
 
 /// Does this read have to be decided on the digest of its answer?
 pub(super) fn needs_served_digest(route: &Route, method: &Method, policy: &Policy) -> bool {
-    matches!(
-        route,
-        Route::Manifest {
-            reference: Reference::Tag(_),
-            ..
+    let Route::Manifest { reference, .. } = route else {
+        return false;
+    };
+    matches!(*method, Method::GET | Method::HEAD)
+        && match reference {
+            Reference::Tag(_) => policy.has_digest_rules() || policy.trust().is_some(),
+            // The signature policy judges manifests pulled by digest too.
+            Reference::Digest(_) => policy.trust().is_some(),
         }
-    ) && matches!(*method, Method::GET | Method::HEAD)
-        && policy.has_digest_rules()
 }
 
 impl Proxy {
@@ -42,6 +43,7 @@ impl Proxy {
         policy: &Policy,
         resp: Response<ProxyBody>,
         head: bool,
+        authorization: Option<HeaderValue>,
     ) -> Result<(Response<ProxyBody>, Option<Verdict>), ProxyError> {
         if !resp.status().is_success() {
             return Ok((if head { resp.map(|_| empty()) } else { resp }, None));
@@ -62,11 +64,31 @@ impl Proxy {
         };
         let by_digest = policy.evaluate(&subject(Some(&digest)));
         // The decision by tag was taken (and audited) before the request went upstream;
-        // only a different rule is a new decision.
-        let verdict = if by_digest.rule_id != policy.evaluate(&subject(None)).rule_id {
+        // only a different rule is a new decision. A read by digest was decided with it.
+        let by_tag = check.tag.is_some()
+            && !matches!(
+                ask.route,
+                Route::Manifest {
+                    reference: Reference::Digest(_),
+                    ..
+                }
+            );
+        let verdict = if by_tag && by_digest.rule_id != policy.evaluate(&subject(None)).rule_id {
             Some(self.gate.enforce(by_digest, &check)?)
         } else {
             None
+        };
+        let read = crate::pipeline::signed::Read {
+            target,
+            digest: &digest,
+            manifest: &bytes,
+            authorization: authorization.as_ref(),
+        };
+        let signed = Box::pin(self.judge_signed(ask, &read)).await?;
+        let verdict = match (verdict, signed) {
+            // A warning or a confirmed rule says more than the signature's acceptance.
+            (Some(v), _) if v.action != Action::Allow => Some(v),
+            (v, s) => s.or(v),
         };
         if let Ok(v) = HeaderValue::from_str(&digest) {
             parts.headers.insert("docker-content-digest", v);

@@ -122,7 +122,9 @@ impl Proxy {
                 tried.push(target.to_string());
                 continue;
             }
-            let (resp, verdict) = self.served(order, target, resp, verdict).await?;
+            let (resp, verdict) = self
+                .served(order, target, resp, verdict, &parts.headers)
+                .await?;
             info!(name = %order.raw_name, resolved = %target, "short name resolved");
             self.metrics
                 .resolutions
@@ -166,7 +168,9 @@ impl Proxy {
             if !found && !last {
                 continue;
             }
-            let (resp, verdict) = self.served(order, target, resp, verdict).await?;
+            let (resp, verdict) = self
+                .served(order, target, resp, verdict, &parts.headers)
+                .await?;
             if found {
                 self.record_provenance(ask.policy, route, target);
             }
@@ -183,12 +187,14 @@ impl Proxy {
         target: &Target,
         resp: Response<ProxyBody>,
         verdict: Verdict,
+        headers: &http::HeaderMap,
     ) -> Result<(Response<ProxyBody>, Verdict), ProxyError> {
         if !order.served {
             return Ok((resp, verdict));
         }
         let ask = order.ask;
-        let judged = self.judge_served(ask, target, ask.policy, resp, order.head);
+        let authorization = headers.get(http::header::AUTHORIZATION).cloned();
+        let judged = self.judge_served(ask, target, ask.policy, resp, order.head, authorization);
         let (resp, by_digest) = Box::pin(judged).await?;
         Ok((resp, by_digest.unwrap_or(verdict)))
     }

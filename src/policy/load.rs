@@ -496,8 +496,16 @@ pub(crate) fn compile_with(
             Index::default()
         }
     };
-    let (trust, unused) = signatures.finish();
-    warnings.extend(unused);
+    let trust = match signatures.finish() {
+        Ok((trust, unused)) => {
+            warnings.extend(unused);
+            trust
+        }
+        Err(found) => {
+            problems.extend(found);
+            None
+        }
+    };
     warnings.sort_by_key(|w: &Problem| (rank_of(&files, &w.file), w.line));
     if !problems.is_empty() {
         // By file in load order, then by line: the order an admin reads them in. Files with
