@@ -25,4 +25,5 @@ mod referrers;
 mod search;
 mod sessions;
 mod shaped;
+mod signatures;
 mod upstream_faults;

@@ -78,13 +78,14 @@ impl Lookaside {
         digest: &Digest,
     ) -> Result<Vec<Bytes>, LookasideError> {
         let mut found = Vec::new();
-        for index in 1..=MAX_SIGNATURES + 1 {
+        // `lookaside_url` counts from 0 and names the files from `signature-1`.
+        for index in 0..=MAX_SIGNATURES {
             let url = lookaside_url(base, repository, digest, index)
                 .map_err(|e| LookasideError::Url(e.to_string()))?;
             let Some(signature) = self.one(&url).await? else {
                 return Ok(found);
             };
-            if index > MAX_SIGNATURES {
+            if index == MAX_SIGNATURES {
                 return Err(LookasideError::TooMany {
                     manifest: digest.to_string(),
                     limit: MAX_SIGNATURES,
@@ -200,11 +201,14 @@ mod tests {
         DIGEST.parse().expect("digest")
     }
 
-    fn at(base: &str, repository: &str, index: usize) -> std::path::PathBuf {
-        lookaside_url(base, repository, &digest(), index)
-            .expect("url")
-            .to_file_path()
-            .expect("path")
+    /// The file containers/image reads as the `n`th signature (from 1), spelt out here
+    /// rather than through `lookaside_url`, so the layout itself is pinned.
+    fn at(base: &str, repository: &str, n: usize) -> std::path::PathBuf {
+        let root = Url::parse(base).expect("url").to_file_path().expect("path");
+        root.join(format!(
+            "{repository}@sha256={}/signature-{n}",
+            DIGEST.trim_start_matches("sha256:")
+        ))
     }
 
     fn lookaside() -> Lookaside {
