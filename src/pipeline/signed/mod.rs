@@ -104,6 +104,13 @@ impl Proxy {
         let Route::Manifest { reference, .. } = ask.route else {
             return Ok(None);
         };
+        if let Reference::Tag(tag) = reference {
+            if is_signature_attachment(tag, read.manifest) {
+                // A signature is not itself signed: clients that verify (podman, cosign)
+                // read it through here. Only a manifest of signature payloads passes so.
+                return Ok(None);
+            }
+        }
         let target = read.target;
         let pulled = match reference {
             Reference::Tag(t) => format!("{target}:{t}"),
@@ -342,6 +349,43 @@ fn verdict(ask: &Ask<'_>, pulled: &str, digest: &str, scope: &str, decision: &De
     }
 }
 
+/// The media type of a cosign signature layer (its simple-signing payload).
+const COSIGN_PAYLOAD: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+
+/// A `sha256-<hex>.sig` tag whose manifest holds nothing but signature payloads. Both, so
+/// that naming an image's tag like an attachment does not get it past the policy: no
+/// client runs a layer of this media type.
+fn is_signature_attachment(tag: &str, manifest: &[u8]) -> bool {
+    let Some(hex) = tag
+        .strip_prefix("sha256-")
+        .and_then(|t| t.strip_suffix(".sig"))
+    else {
+        return false;
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return false;
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+        layers: Vec<Layer>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Layer {
+        #[serde(rename = "mediaType")]
+        media_type: String,
+    }
+    match serde_json::from_slice::<Manifest>(manifest) {
+        Ok(m) => {
+            m.manifests.is_none()
+                && !m.layers.is_empty()
+                && m.layers.iter().all(|l| l.media_type == COSIGN_PAYLOAD)
+        }
+        Err(_) => false,
+    }
+}
+
 /// The digests an index lists; nothing for any other manifest.
 fn index_members(manifest: &[u8]) -> Vec<String> {
     #[derive(serde::Deserialize)]
@@ -356,4 +400,38 @@ fn index_members(manifest: &[u8]) -> Vec<String> {
     serde_json::from_slice::<Index>(manifest)
         .map(|i| i.manifests.into_iter().map(|d| d.digest).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAG: &str = "sha256-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.sig";
+
+    #[test]
+    fn only_a_manifest_of_signature_payloads_under_an_attachment_tag_skips_the_policy() {
+        let sig = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"annotations":{"dev.cosignproject.cosign/signature":"MEU="}}]}"#;
+        assert!(is_signature_attachment(TAG, sig));
+        // An image whose tag merely looks like an attachment.
+        let image = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}]}"#;
+        assert!(!is_signature_attachment(TAG, image));
+        let mixed = String::from_utf8_lossy(sig).replace(
+            r#""layers":["#,
+            r#""layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"#,
+        );
+        assert!(!is_signature_attachment(TAG, mixed.as_bytes()));
+        let index = br#"{"schemaVersion":2,"manifests":[],"layers":[]}"#;
+        assert!(!is_signature_attachment(TAG, index));
+        assert!(!is_signature_attachment("sha256-abc.sig", sig));
+        assert!(!is_signature_attachment("latest", sig));
+        assert!(!is_signature_attachment(&TAG.replace(".sig", ".att"), sig));
+    }
+
+    #[test]
+    fn an_index_lists_its_members_and_nothing_else_does() {
+        let index = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:aa","size":1,"mediaType":"x"},{"digest":"sha256:bb","size":1,"mediaType":"x"}]}"#;
+        assert_eq!(index_members(index), vec!["sha256:aa", "sha256:bb"]);
+        assert!(index_members(b"{\"layers\":[]}").is_empty());
+        assert!(index_members(b"not json").is_empty());
+    }
 }
