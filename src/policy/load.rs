@@ -565,6 +565,18 @@ mod tests {
 
     /// Every shipped file must load, alone and merged: they are documentation people copy.
     #[test]
+    fn the_shipped_signature_policy_examples_parse() {
+        let dir = policies_dir().join("examples").join("signatures");
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("read example");
+        let policy = containers_policy::parse("policy.json", &read("policy.json"))
+            .unwrap_or_else(|p| panic!("{p}"));
+        assert!(policy.docker.contains_key("registry.example.com/vendor"));
+        let registries = registries_d::parse("registries.d.yaml", &read("registries.d.yaml"))
+            .unwrap_or_else(|p| panic!("{p}"));
+        assert!(registries.docker.contains_key("ghcr.io/example"));
+    }
+
+    #[test]
     fn every_shipped_policy_file_loads() {
         let mut files = Vec::new();
         let mut dirs = vec![policies_dir()];

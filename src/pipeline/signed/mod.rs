@@ -208,7 +208,9 @@ impl Proxy {
             }
         }
         let mut attached = Vec::new();
-        if needs.sigstore {
+        // As containers/image: attachments are read only where registries.d says to use
+        // them (`use-sigstore-attachments`); elsewhere there are none to find.
+        if needs.sigstore && trust.registries.use_sigstore_attachments_for(image).1 {
             attached = self.attachments(read, &digest).await?;
         }
         Ok((simple, attached))
