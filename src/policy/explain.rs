@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
+use crate::policy::signature::trust::Trust;
+use crate::policy::signature::{evaluate, requirements_for, ImageRef};
 use crate::policy::{Operation, Policy, ShortName, Subject};
 use crate::reference::{fully_qualified, ImageReference, Name};
 
@@ -87,8 +89,73 @@ pub fn explain(
             digest,
         };
         let _ = writeln!(out, "{}", policy.explain(&subject));
+        if op == Operation::Pull {
+            if let Some(trust) = policy.trust() {
+                signatures(&mut out, trust, &registry, &repository, tag, digest);
+            }
+        }
     }
     Ok(out)
+}
+
+/// What the signature policy requires of this image, and where its signatures would be
+/// read from. The signatures themselves are read at pull time, for the digest served.
+fn signatures(
+    out: &mut String,
+    trust: &Trust,
+    registry: &str,
+    repository: &str,
+    tag: Option<&str>,
+    digest: Option<&str>,
+) {
+    let mut reference = format!("{registry}/{repository}");
+    if let Some(t) = tag {
+        let _ = write!(reference, ":{t}");
+    }
+    if let Some(d) = digest {
+        let _ = write!(reference, "@{d}");
+    }
+    let Ok(image) = ImageRef::parse(&reference) else {
+        let _ = writeln!(
+            out,
+            "signature policy: {reference} cannot be judged; a pull is refused\n"
+        );
+        return;
+    };
+    let (scope, reqs) = requirements_for(&trust.policy, &image);
+    let kinds: Vec<&str> = reqs.iter().map(evaluate::kind).collect();
+    let _ = writeln!(
+        out,
+        "signature policy ({}): scope {scope:?} requires, all of: {}",
+        trust.policy_file,
+        kinds.join(", ")
+    );
+    let needs = evaluate::needs_for(reqs);
+    if needs.simple_signing {
+        match trust.registries.lookaside_for(&image) {
+            Some((at, url)) => {
+                let _ = writeln!(
+                    out,
+                    "  simple signatures are read from {url} (registries.d scope {at:?})"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  no registries.d lookaside covers it: no simple signature can be found, so signedBy refuses");
+            }
+        }
+    }
+    if needs.sigstore {
+        let (at, used) = trust.registries.use_sigstore_attachments_for(&image);
+        if used {
+            let _ = writeln!(out, "  sigstore signatures are read from the sha256-<digest>.sig tag (registries.d scope {:?})", at.unwrap_or_default());
+        } else {
+            let _ = writeln!(out, "  use-sigstore-attachments is not set for it in registries.d: sigstoreSigned finds no signature and refuses");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  decided at pull time on the signatures of the manifest digest served\n"
+    );
 }
 
 #[cfg(test)]
@@ -125,6 +192,52 @@ mod tests {
         )
         .expect("explain");
         assert!(both.contains("deny") && both.contains("bad"), "{both}");
+    }
+
+    #[test]
+    fn a_pull_under_a_signature_policy_names_its_scope_requirements_and_store() {
+        let config = Config::parse_str(
+            "[[registry]]\nhost = \"registry.example.com\"\nendpoint = \"https://127.0.0.1:1\"\n",
+        )
+        .expect("config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("policy.json"),
+            format!(
+                r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"registry.example.com/team":[{{"type":"insecureAcceptAnything"}},{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{}/src/policy/signature/verify/testdata/trusted.gpg"}}]}}}}}}"#,
+                env!("CARGO_MANIFEST_DIR")
+            ),
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("sigs.yaml"),
+            "docker:\n  registry.example.com:\n    lookaside: https://sigs.example.com/store\n",
+        )
+        .expect("write");
+        let policy = crate::policy::load(&[dir.path().to_path_buf()]).expect("policy");
+        let text = explain(
+            &config,
+            &policy,
+            Operation::Pull,
+            "registry.example.com/team/app:1",
+        )
+        .expect("explain");
+        assert!(
+            text.contains(r#"scope "registry.example.com/team" requires, all of: insecureAcceptAnything, signedBy"#)
+                && text.contains("read from https://sigs.example.com/store"),
+            "{text}"
+        );
+        let text = explain(
+            &config,
+            &policy,
+            Operation::Pull,
+            "registry.example.com/other/app:1",
+        )
+        .expect("explain");
+        assert!(
+            text.contains(r#"scope "default" requires, all of: reject"#),
+            "{text}"
+        );
     }
 
     #[test]
