@@ -398,7 +398,7 @@ fn signed_by_verdicts_match_containers_image_for_every_case() {
 }
 
 #[test]
-fn docker_pull_of_an_unsigned_image_is_refused_before_any_blob_and_the_signed_one_pulls() {
+fn an_unsigned_image_is_refused_on_every_listener_and_docker_fetches_no_blob_of_it_while_the_signed_one_pulls() {
     let dir = TestDir::new("signatures-docker");
     let gpg = Gpg::new(&dir);
     let trusted = gpg.key("portcullis trusted <trusted@example.invalid>");
@@ -434,8 +434,58 @@ fn docker_pull_of_an_unsigned_image_is_refused_before_any_blob_and_the_signed_on
         &ProxyConfig::new()
             .registry(Upstream::new(HOST, &registry))
             .policy_path(&policies)
+            .set("listen", "mirror", format!("127.0.0.1:{}", free_port()))
             .toml(),
     );
+
+    // The mirror endpoint (containerd's `ns=`) and the forward proxy (dockerd's
+    // HTTPS_PROXY, intercepted) decide the same, by GET and by HEAD.
+    let mirror = proxy.mirror_addr().expect("mirror listener");
+    let forward = proxy.proxy_addr().expect("forward proxy");
+    let ca = proxy.ca_file().display().to_string();
+    let status = |method: &str, url: &str, via_proxy: bool| -> String {
+        let mut curl = Command::new("curl");
+        curl.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &ca,
+        ])
+        .args([
+            "-X",
+            method,
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ]);
+        if method == "HEAD" {
+            curl.arg("-I");
+        }
+        if via_proxy {
+            curl.args(["--proxy", &format!("http://{forward}")]);
+        }
+        curl.arg(url);
+        String::from_utf8_lossy(&run(curl, None, Duration::from_secs(30)).stdout).into_owned()
+    };
+    for method in ["GET", "HEAD"] {
+        for (repo, expected) in [("team/unsigned", "403"), ("team/signed", "200")] {
+            let at_mirror = format!("https://{mirror}/v2/{repo}/manifests/1?ns={HOST}");
+            assert_eq!(
+                status(method, &at_mirror, false),
+                expected,
+                "{method} {at_mirror}"
+            );
+            let intercepted = format!("https://{HOST}/v2/{repo}/manifests/1");
+            assert_eq!(
+                status(method, &intercepted, true),
+                expected,
+                "{method} {intercepted} via the proxy"
+            );
+        }
+    }
+
     let dockerd = Dockerd::start();
     let before = registry.requests().len();
     let refused = dockerd.docker(&["pull", &format!("{}/{HOST}/team/unsigned:1", proxy.addr())]);
