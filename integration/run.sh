@@ -66,6 +66,8 @@ declare -A needs=(
     [promtool]=prometheus
     [update-ca-certificates]=ca-certificates
     [python3]=python3
+    [gpg]=gnupg
+    [gpgconf]=gnupg
 )
 missing=()
 for cmd in "${!needs[@]}"; do

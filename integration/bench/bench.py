@@ -222,7 +222,7 @@ def cmd_load(path):
 # relay: nginx's stream module as a bare TLS relay in front of the registry (decrypt,
 # re-encrypt, no HTTP), measured for blob downloads only: the most any proxy that
 # terminates TLS can get on this machine, which tells a proxy's cost from TLS's.
-PATHS = ("direct", "nginx", "relay", "portcullis")
+PATHS = ("direct", "nginx", "relay", "portcullis", "signed")
 
 # (key, label, unit); for latency, memory and CPU lower is better
 ROWS = [
@@ -315,6 +315,15 @@ def targets(samples):
         d = median_diff(samples, f"{kind}_paced_p99", "portcullis", "direct")
         out.append((f"{kind} p99 added over direct, 32 conns paced, <= 1 ms",
                     None if d is None else f"{d:+.2f} ms", d is not None and d <= 1.0))
+    for kind in ("get_tag", "head_tag"):
+        # The same portcullis with a containers-policy.json requiring a GPG signature
+        # (issue 15): what a verified pull by tag adds once its decision is cached.
+        d = median_diff(samples, f"{kind}_paced_p99", "signed", "portcullis")
+        out.append((f"{kind} p99 added by signature policy (cached), paced, <= 1 ms",
+                    None if d is None else f"{d:+.2f} ms", d is not None and d <= 1.0))
+        d50 = median_diff(samples, f"{kind}_paced_p50", "signed", "portcullis")
+        out.append((f"  ({kind} p50 added by signature policy, paced)",
+                    None if d50 is None else f"{d50:+.2f} ms", None))
     for kind in ("get_tag", "get_digest", "head_tag"):
         # Closed loop, every core busy: p99 is mostly queueing for a CPU, so this follows
         # the req/s ratio above more than it measures what the proxy adds to one request.

@@ -53,7 +53,7 @@ py() { python3 -B "$here/bench.py" "$@"; }
 install_missing() {
     local missing=() pair
     for pair in docker-registry:docker-registry nginx:nginx openssl:openssl curl:curl \
-        python3:python3; do
+        python3:python3 gpg:gnupg skopeo:skopeo; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
     [ -f "$stream_module" ] || missing+=(libnginx-mod-stream)
@@ -83,6 +83,7 @@ cleanup() {
     local status=$? pid pids
     # Only what this script started: the three servers (our jobs) and any download client.
     pids="$(jobs -p) $(cat "$work/clients.pids" 2>/dev/null || true)"
+    [ -n "${GNUPGHOME:-}" ] && gpgconf --kill all 2>/dev/null
     for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in $pids; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -216,12 +217,50 @@ EOF
         "relay :$relay_port (pid $relay_pid), portcullis :$portcullis_port (pid $portcullis_pid)"
 }
 
+# A second portcullis, the same but for a containers-policy.json that requires the manifest's
+# GPG signature (made by skopeo, read from a file:// lookaside store): what verifying costs a
+# pull by tag once its decision is cached. Measured in the paced runs only.
+start_signed() {
+    local d=$work/signed port fpr hex
+    mkdir -p "$d/gnupg" "$d/policies" && chmod 700 "$d/gnupg"
+    export GNUPGHOME=$d/gnupg
+    gpg --batch --pinentry-mode loopback --passphrase '' \
+        --quick-gen-key 'portcullis bench <bench@example.invalid>' rsa2048 sign never 2>/dev/null
+    fpr=$(gpg --batch --with-colons --list-keys bench@example.invalid | awk -F: '/^fpr/ {print $10; exit}')
+    gpg --batch --export "$fpr" >"$d/key.gpg"
+    hex=${manifest_digest#sha256:}
+    mkdir -p "$d/lookaside/bench/app@sha256=$hex"
+    skopeo standalone-sign "$work/manifest.json" bench.local/bench/app:v1 "$fpr" \
+        -o "$d/lookaside/bench/app@sha256=$hex/signature-1" || die "signing failed"
+    printf '{"default":[{"type":"reject"}],"transports":{"docker":{"bench.local":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"%s"}]}}}\n' \
+        "$d/key.gpg" >"$d/policies/policy.json"
+    printf 'docker:\n  bench.local:\n    lookaside: file://%s/lookaside\n' "$d" >"$d/policies/sigs.yaml"
+    cp "$work/portcullis/policy.toml" "$d/policies/"
+    read -r port admin proxy <<<"$(py ports 3)"
+    sed -e "s|127.0.0.1:$portcullis_port|127.0.0.1:$port|" -e "s|127.0.0.1:$admin_port|127.0.0.1:$admin|" \
+        -e "s|127.0.0.1:$proxy_port|127.0.0.1:$proxy|" -e "s|$work/portcullis/state|$d/state|" \
+        -e "s|paths = .*|paths = [\"$d/policies\"]|" "$work/portcullis/config.toml" >"$d/config.toml"
+    "$portcullis_bin" config check "$d/config.toml" >/dev/null
+    "$portcullis_bin" serve --config "$d/config.toml" >"$work/signed.log" 2>&1 &
+    signed_pid=$!
+    wait_ready signed "$signed_pid" "https://127.0.0.1:$port/v2/" "$d/state/ca.crt"
+    base[signed]="https://127.0.0.1:$port/v2/bench.local"
+    cafile[signed]="$d/state/ca.crt"
+    curl -sS --http1.1 --fail --cacert "${cafile[signed]}" -H "Accept: $accept" -o "$work/got.json" \
+        "${base[signed]}/bench/app/manifests/v1" || die "signed: the signed manifest is refused"
+    # ... because its signature was checked, not for want of a policy.
+    curl -s "http://127.0.0.1:$admin/metrics" | grep -q 'rule="signature:bench.local"' ||
+        die "signed: no signature decision was counted"
+    log "signed portcullis :$port (pid $signed_pid)"
+}
+
 # Processes whose memory and CPU are reported: nginx's workers, portcullis itself.
 proxy_pids() {
     case "$1" in
         nginx) ps --ppid "$nginx_pid" -o pid= ;;
         relay) ps --ppid "$relay_pid" -o pid= ;;
         portcullis) echo "$portcullis_pid" ;;
+        signed) echo "$signed_pid" ;;
     esac
 }
 reset_peak_rss() { # path: VmHWM restarts from the current RSS (clear_refs 5)
@@ -413,7 +452,7 @@ round() {
         done
     done
     for kind in get_tag head_tag; do
-        for p in "${paths[@]}"; do
+        for p in "${paths[@]}" signed; do
             manifest_load "$p" "$kind" 32 "$paced_rate"
             record "${kind}_paced_p50" "$p" "$r" "$p50"
             record "${kind}_paced_p99" "$p" "$r" "$p99"
@@ -460,6 +499,7 @@ main() {
     seed
     for p in "${paths[@]}"; do check_path "$p"; done
     check_blob relay
+    start_signed
     if [ "$serve" = 1 ]; then
         for p in "${paths[@]}"; do
             log "$p: ${base[$p]}/bench/app/manifests/v1 (--cacert ${cafile[$p]})"
