@@ -398,7 +398,8 @@ fn signed_by_verdicts_match_containers_image_for_every_case() {
 }
 
 #[test]
-fn an_unsigned_image_is_refused_on_every_listener_and_docker_fetches_no_blob_of_it_while_the_signed_one_pulls() {
+fn an_unsigned_image_is_refused_on_every_listener_and_docker_fetches_no_blob_of_it_while_the_signed_one_pulls(
+) {
     let dir = TestDir::new("signatures-docker");
     let gpg = Gpg::new(&dir);
     let trusted = gpg.key("portcullis trusted <trusted@example.invalid>");

@@ -91,6 +91,19 @@ pub enum ProxyError {
     SignatureStore(String),
 }
 
+/// An error and its causes, `outer: cause: root`, for logs and messages (`Display` names
+/// only the outermost, and hyper's or rustls's outermost says little).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// What a policy rule refused, kept apart so the audit line, the metric and the client's
 /// message are made from the same facts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -315,8 +315,8 @@ fn reusable(ca: &LocalCa, cert: &Path, key: &Path, names: &[String]) -> Result<R
     if !cert.exists() {
         return Err("no existing certificate".into());
     }
-    let chain = load_certs(cert).map_err(|e| error_chain(&e))?;
-    let key = load_private_key(key).map_err(|e| error_chain(&e))?;
+    let chain = load_certs(cert).map_err(|e| crate::error::chain(&e))?;
+    let key = load_private_key(key).map_err(|e| crate::error::chain(&e))?;
     let provider = Arc::new(ring::default_provider());
     rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
         .map_err(|e| format!("key does not match certificate: {e}"))?;
@@ -490,16 +490,6 @@ fn validity_window(validity: Duration) -> Option<(OffsetDateTime, OffsetDateTime
     let now = OffsetDateTime::now_utc();
     let not_after = now.checked_add(time::Duration::try_from(validity).ok()?)?;
     Some((now.checked_sub(CLOCK_SKEW)?, not_after))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(e) = cause {
-        text = format!("{text}: {e}");
-        cause = e.source();
-    }
-    text
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -735,7 +725,7 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         let path = tmp.path().join("x.pem");
         let shown = path.display().to_string();
-        let message = |err: TlsError| error_chain(&err);
+        let message = |err: TlsError| crate::error::chain(&err);
 
         fs::write(&path, "not pem at all\n")?;
         let msg = message(load_certs(&path).err().ok_or("garbage accepted")?);

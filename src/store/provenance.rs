@@ -505,7 +505,7 @@ impl Shared {
                 let last = buffer.shutdown;
                 drop(buffer);
                 if let Err(error) = self.flush() {
-                    tracing::error!(error = %error_chain(&error), "cannot write provenance records");
+                    tracing::error!(error = %crate::error::chain(&error), "cannot write provenance records");
                     not_before = Instant::now() + FLUSH_AFTER;
                 }
                 if last {
@@ -610,18 +610,6 @@ impl Shared {
         }
         tables.evict(self.max_entries, self.batch)
     }
-}
-
-/// An error and its causes, for a log line (`Display` names only the outermost).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The tables of one write transaction and the next sequence number to hand out.

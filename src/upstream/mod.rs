@@ -354,11 +354,11 @@ impl Upstream {
             }),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
                 registry: host.to_owned(),
-                message: error_chain(&e),
+                message: crate::error::chain(&e),
             }),
             Ok(Err(e)) => Err(UpstreamError::Protocol {
                 registry: host.to_owned(),
-                message: error_chain(&e),
+                message: crate::error::chain(&e),
             }),
             Ok(Ok(resp)) => Ok(resp),
         };
@@ -621,17 +621,6 @@ fn redact_query(url: &str) -> String {
         Some((path, _)) => format!("{path}?<redacted>"),
         None => url.to_owned(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 impl UpstreamError {

@@ -123,7 +123,7 @@ impl Lookaside {
             .client
             .request(req)
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .map_err(|e| unreachable(crate::error::chain(&e)))?;
         match resp.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
@@ -178,17 +178,6 @@ async fn read_file(url: &Url) -> Result<Option<Bytes>, LookasideError> {
         }),
         other => Ok(other.map(Bytes::from)),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 #[cfg(test)]
