@@ -78,13 +78,14 @@ impl Lookaside {
         digest: &Digest,
     ) -> Result<Vec<Bytes>, LookasideError> {
         let mut found = Vec::new();
-        for index in 1..=MAX_SIGNATURES + 1 {
+        // lookaside_url counts from 0 (index 0 is `signature-1`), as containers/image does.
+        for index in 0..=MAX_SIGNATURES {
             let url = lookaside_url(base, repository, digest, index)
                 .map_err(|e| LookasideError::Url(e.to_string()))?;
             let Some(signature) = self.one(&url).await? else {
                 return Ok(found);
             };
-            if index > MAX_SIGNATURES {
+            if index == MAX_SIGNATURES {
                 return Err(LookasideError::TooMany {
                     manifest: digest.to_string(),
                     limit: MAX_SIGNATURES,
@@ -200,11 +201,11 @@ mod tests {
         DIGEST.parse().expect("digest")
     }
 
-    fn at(base: &str, repository: &str, index: usize) -> std::path::PathBuf {
-        lookaside_url(base, repository, &digest(), index)
-            .expect("url")
-            .to_file_path()
-            .expect("path")
+    /// `signature-<n>` of DIGEST under the store directory `dir`, spelt out as
+    /// containers/image's docs do rather than through [`lookaside_url`].
+    fn at(dir: &std::path::Path, repository: &str, n: usize) -> std::path::PathBuf {
+        let hex = DIGEST.trim_start_matches("sha256:");
+        dir.join(format!("{repository}@sha256={hex}/signature-{n}"))
     }
 
     fn lookaside() -> Lookaside {
@@ -218,7 +219,7 @@ mod tests {
         let base = Url::from_directory_path(dir.path())
             .expect("url")
             .to_string();
-        let at = |i| at(&base, "team/app", i);
+        let at = |n| at(dir.path(), "team/app", n);
         std::fs::create_dir_all(at(1).parent().expect("parent")).expect("mkdir");
         std::fs::write(at(1), b"one").expect("write");
         std::fs::write(at(2), b"two").expect("write");
@@ -244,7 +245,7 @@ mod tests {
         let base = Url::from_directory_path(dir.path())
             .expect("url")
             .to_string();
-        let first = at(&base, "team/app", 1);
+        let first = at(dir.path(), "team/app", 1);
         std::fs::create_dir_all(first.parent().expect("parent")).expect("mkdir");
         std::fs::write(&first, vec![0u8; MAX_SIGNATURE_BYTES + 1]).expect("write");
         let big = lookaside().signatures(&base, "team/app", &digest()).await;
