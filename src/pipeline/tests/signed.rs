@@ -91,8 +91,8 @@ impl Attach<'_> {
 }
 
 /// The trusted key's public PEM in a directory the test keeps, and a policy trusting it for
-/// `one.test/team` (identity `matchRepository`, as cosign signs the repository), rejecting
-/// everything else.
+/// `one.test/team` (identity `matchRepository`, as cosign signs the repository), accepting
+/// anything in `one.test/open`, rejecting everything else.
 fn sigstore_policy(dir: &std::path::Path) -> String {
     let pem = key(1)
         .verifying_key()
@@ -101,7 +101,7 @@ fn sigstore_policy(dir: &std::path::Path) -> String {
     let path = dir.join("cosign.pub");
     std::fs::write(&path, pem).expect("write key");
     format!(
-        r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"one.test/team":[{{"type":"sigstoreSigned","keyPath":{:?},"signedIdentity":{{"type":"matchRepository"}}}}]}}}}}}"#,
+        r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"one.test/team":[{{"type":"sigstoreSigned","keyPath":{:?},"signedIdentity":{{"type":"matchRepository"}}}}],"one.test/open":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#,
         path.display().to_string()
     )
 }
@@ -293,6 +293,23 @@ async fn a_scope_that_rejects_refuses_without_reading_any_signature() {
 }
 
 #[tokio::test]
+async fn a_scope_that_accepts_anything_reads_no_signature_and_audits_nothing() {
+    let one = Content::default().manifest("open/app", "1", MANIFEST);
+    let s = sigstore(one, Content::default()).await;
+    let mut client = s.p.client(Version::HTTP_11).await;
+
+    let got = client.get("/v2/one.test/open/app/manifests/1").await;
+
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body.as_deref().ok(), Some(MANIFEST));
+    assert_eq!(
+        s.one.asked(),
+        vec![(Method::GET, "/v2/open/app/manifests/1".to_owned())]
+    );
+    assert!(s.p.audit().is_empty(), "{:?}", s.p.audit());
+}
+
+#[tokio::test]
 async fn a_manifest_pulled_by_digest_needs_its_own_signature() {
     let one = Content::default().manifest("team/app", "other", OTHER);
     let s = sigstore(one, Content::default()).await;
@@ -373,7 +390,8 @@ async fn an_accepted_index_lets_its_manifests_through_by_digest_and_nothing_else
     let one = Content::default()
         .manifest_typed("team/app", "multi", INDEX_TYPE, &index)
         .manifest("team/app", "child", MANIFEST)
-        .manifest("team/app", "other", OTHER);
+        .manifest("team/app", "other", OTHER)
+        .manifest("team/elsewhere", "child", MANIFEST);
     let one = Attach::good(&index).onto(one, "team/app", &index);
     let s = sigstore(one, Content::default()).await;
     let mut client = s.p.client(Version::HTTP_2).await;
@@ -387,6 +405,13 @@ async fn an_accepted_index_lets_its_manifests_through_by_digest_and_nothing_else
     assert_eq!(got.body.as_deref().ok(), Some(MANIFEST));
     let other = format!("/v2/one.test/team/app/manifests/{}", digest(OTHER));
     let message = denied(&client.get(&other).await);
+    assert!(
+        message.contains("no signature by a trusted key"),
+        "{message}"
+    );
+    // The index vouches for its children in its own repository only.
+    let elsewhere = format!("/v2/one.test/team/elsewhere/manifests/{}", digest(MANIFEST));
+    let message = denied(&client.get(&elsewhere).await);
     assert!(
         message.contains("no signature by a trusted key"),
         "{message}"
