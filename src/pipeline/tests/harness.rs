@@ -33,6 +33,12 @@ pub struct Portcullis {
 impl Portcullis {
     /// `config` is a portcullis configuration without `state_dir`; `policy` a policy file.
     pub fn new(config: &str, policy: &str) -> Portcullis {
+        Portcullis::with_files(config, policy, &[])
+    }
+
+    /// [`Portcullis::new`] with more policy files beside `policy`, loaded with it by name
+    /// (`policy.json` is a containers-policy.json, `*.yaml` a registries.d file).
+    pub fn with_files(config: &str, policy: &str, files: &[(&str, &str)]) -> Portcullis {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = format!(
             "state_dir = {:?}\n{config}",
@@ -45,9 +51,13 @@ impl Portcullis {
         let registry = prometheus::Registry::new();
         let metrics =
             Arc::new(Metrics::new(&registry, config.registries.keys().cloned()).expect("metrics"));
-        let sources = Sources {
-            paths: vec![policy_path],
-        };
+        let mut paths = vec![policy_path];
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write a policy file");
+            paths.push(path);
+        }
+        let sources = Sources { paths };
         let live = Arc::new(LivePolicy::new(sources, metrics.clone()).expect("policy"));
         let stores = Stores {
             audit: Arc::new(Audit::open(Some(&audit)).expect("audit")),

@@ -13,6 +13,7 @@ mod plan;
 mod push;
 mod respond;
 mod send;
+mod signed;
 mod verdict;
 
 use http::{Method, StatusCode, Version};

@@ -65,9 +65,20 @@ pub struct Content {
 
 impl Content {
     /// A manifest, by `tag` and by its digest, with a true `Docker-Content-Digest`.
-    pub fn manifest(mut self, repository: &str, tag: &str, body: &[u8]) -> Content {
+    pub fn manifest(self, repository: &str, tag: &str, body: &[u8]) -> Content {
+        self.manifest_typed(repository, tag, MANIFEST_TYPE, body)
+    }
+
+    /// [`Content::manifest`] served with `media_type` (an index, say).
+    pub fn manifest_typed(
+        mut self,
+        repository: &str,
+        tag: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Content {
         let digest = digest(body);
-        let canned = Canned::ok(MANIFEST_TYPE, &digest, body);
+        let canned = Canned::ok(media_type, &digest, body);
         for reference in [tag, &digest] {
             let path = format!("/v2/{repository}/manifests/{reference}");
             self.by_path.insert(path, canned.clone());
