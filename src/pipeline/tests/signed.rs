@@ -523,3 +523,28 @@ async fn a_lookaside_signature_by_another_key_or_none_is_403() {
         .await;
     assert_eq!(got.status, StatusCode::OK, "{:?}", got.body);
 }
+
+#[tokio::test]
+async fn without_use_sigstore_attachments_no_attachment_is_read_as_containers_image() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let policy_json = sigstore_policy(keys.path());
+    let one = Content::default().manifest("team/app", "1", MANIFEST);
+    let one = Attach::good(MANIFEST).onto(one, "team/app", MANIFEST);
+    let (one, two) = (one.start().await, Content::default().start().await);
+    let p = Portcullis::with_files(
+        &config(&one, &two),
+        ALLOW_ALL,
+        &[("policy.json", &policy_json)],
+    );
+    let mut client = p.client(Version::HTTP_11).await;
+
+    let got = client.get("/v2/one.test/team/app/manifests/1").await;
+
+    let message = denied(&got);
+    assert!(message.contains("none found"), "{message}");
+    assert_eq!(
+        one.asked(),
+        vec![(Method::GET, "/v2/team/app/manifests/1".to_owned())],
+        "a signature was read although registries.d does not say to use attachments"
+    );
+}
