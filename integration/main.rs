@@ -26,4 +26,5 @@ mod search;
 mod sessions;
 mod shaped;
 mod signatures;
+mod sigstore_signed;
 mod upstream_faults;
