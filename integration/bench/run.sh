@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: the registry directly, nginx in front of it, portcullis in front of it.
 #
-#   integration/bench/run.sh [--quick | --serve]
+#   integration/bench/run.sh [--quick | --paced | --serve]
 #
 # Installs what is missing (apt-get, as root), builds portcullis in release mode, makes a
 # test CA and certificates, starts on 127.0.0.1, with TLS on every hop:
@@ -16,6 +16,8 @@
 # paced at a fixed rate well below saturation (what the proxy adds to one request).
 # Prints one table with ratios and the targets of issue 7, and writes the same as JSON to
 # integration/bench/results/<date>.json. --quick: 1 round, smaller blobs, shorter runs.
+# --paced: only the paced manifest runs (what a proxy or a cached signature verdict adds to
+# one request), 5 rounds of 10 s each per path, on a machine left otherwise idle.
 # --serve: start and seed everything, print the URLs, and wait (for perf and friends).
 # Every process it starts is stopped by PID on exit, and its temp dir removed.
 set -euo pipefail
@@ -23,15 +25,18 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 
-quick=0 serve=0
+quick=0 serve=0 paced=0
 case "${1:-}" in
     --quick) quick=1 ;;
+    --paced) paced=1 ;;
     --serve) serve=1 quick=1 ;;
     "") ;;
-    *) echo "usage: $0 [--quick | --serve]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick | --paced | --serve]" >&2; exit 2 ;;
 esac
 if [ "$quick" = 1 ]; then
     rounds=1 blob_mib=32 upload_mib=32 load_secs=3
+elif [ "$paced" = 1 ]; then
+    rounds=5 blob_mib=32 upload_mib=32 load_secs=10
 else
     rounds=3 blob_mib=256 upload_mib=256 load_secs=10
 fi
@@ -410,6 +415,10 @@ manifest_load() { # path kind conns [rate]
 round() {
     local r=$1 p kind c n v cpu client
     declare -A rss256=()
+    if [ "$paced" = 1 ]; then
+        paced_round "$r"
+        return
+    fi
     for n in 1 8 64; do
         for p in "${blob_paths[@]}"; do
             [ "$p" = direct ] || reset_peak_rss "$p"
@@ -451,6 +460,12 @@ round() {
             done
         done
     done
+    paced_round "$r"
+    for p in nginx portcullis; do record rss_c256 "$p" "$r" "${rss256[$p]}"; done
+}
+
+paced_round() {
+    local r=$1 p kind
     for kind in get_tag head_tag; do
         for p in "${paths[@]}" signed; do
             manifest_load "$p" "$kind" 32 "$paced_rate"
@@ -458,7 +473,6 @@ round() {
             record "${kind}_paced_p99" "$p" "$r" "$p99"
         done
     done
-    for p in nginx portcullis; do record rss_c256 "$p" "$r" "${rss256[$p]}"; done
 }
 
 meta() {
@@ -470,7 +484,7 @@ meta() {
 import json, sys
 print(json.dumps({
     "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$commit", "src_dirty": $dirty,
-    "quick": bool($quick), "rounds": $rounds, "blob_mib": $blob_mib,
+    "quick": bool($quick), "paced_only": bool($paced), "rounds": $rounds, "blob_mib": $blob_mib,
     "upload_mib": $upload_mib, "upload_chunk_mib": $((chunk_bytes / 1024 / 1024)),
     "load_seconds": $load_secs, "load_warmup_seconds": 1, "load_threads": 2,
     "paced_rate": $paced_rate,
@@ -514,6 +528,7 @@ main() {
     mkdir -p "$here/results"
     local out suffix=""
     if [ "$quick" = 1 ]; then suffix=-quick; fi
+    if [ "$paced" = 1 ]; then suffix=-paced; fi
     out="$here/results/$(date -u +%Y-%m-%dT%H%M%SZ)$suffix.json"
     meta >"$work/meta.json"
     py report "$work/samples.jsonl" "$work/meta.json" "$out" || {

@@ -110,6 +110,8 @@ pub(crate) struct Ask<'a> {
     pub trail: &'a Trail,
     pub op: Operation,
     pub route: &'a Route,
+    /// As the client sent it (a `HEAD` decided on what is served goes upstream as `GET`).
+    pub method: &'a Method,
     pub peer: SocketAddr,
 }
 
@@ -402,6 +404,7 @@ impl Proxy {
             trail,
             op: policy_operation(&route, &method),
             route: &route,
+            method: &method,
             peer: intent.peer,
         };
         if matches!(route, Route::Referrers { .. }) {
@@ -490,6 +493,7 @@ impl Proxy {
         let verdict = self.gate.check(&ask.check(target)).map_err(|e| {
             refused_head(e, blob_head, || self.gate.refuses_push(ask.policy, target))
         })?;
+        self.admit_blob(ask, target)?;
         // From here every answer, good or failed, is about this registry.
         ask.trail.served(target);
         if ask.op == Operation::Push {

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::pipeline::plan::Target;
-use crate::pipeline::verdict::{Gate, Verdict};
+use crate::pipeline::verdict::Verdict;
 use crate::reference::Name;
 use crate::upstream::UpstreamError;
 
@@ -26,7 +26,7 @@ use super::{with_warning, Ask, Proxy};
 /// The targets of a plan the gate allows, in order, with their verdicts. The first refusal
 /// is kept for when no allowed target answers.
 pub(super) struct Allowed<'a> {
-    gate: &'a Gate,
+    proxy: &'a Proxy,
     ask: &'a Ask<'a>,
     targets: &'a [Target],
     next: usize,
@@ -41,9 +41,9 @@ pub(super) struct Try<'a> {
 }
 
 impl<'a> Allowed<'a> {
-    pub fn new(gate: &'a Gate, ask: &'a Ask<'a>, targets: &'a [Target]) -> Allowed<'a> {
+    pub fn new(proxy: &'a Proxy, ask: &'a Ask<'a>, targets: &'a [Target]) -> Allowed<'a> {
         Allowed {
-            gate,
+            proxy,
             ask,
             targets,
             next: 0,
@@ -54,7 +54,12 @@ impl<'a> Allowed<'a> {
     pub fn next(&mut self) -> Option<Try<'a>> {
         while let Some(target) = self.targets.get(self.next) {
             self.next += 1;
-            match self.gate.check(&self.ask.check(target)) {
+            let admitted = self
+                .proxy
+                .gate
+                .check(&self.ask.check(target))
+                .and_then(|v| self.proxy.admit_blob(self.ask, target).map(|()| v));
+            match admitted {
                 Ok(verdict) => {
                     return Some(Try {
                         target,
@@ -102,7 +107,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, _) = req.into_parts();
         let (ask, route) = (order.ask, order.ask.route);
-        let mut allowed = Allowed::new(&self.gate, ask, targets);
+        let mut allowed = Allowed::new(self, ask, targets);
         let mut tried = Vec::new();
         while let Some(Try {
             target, verdict, ..
@@ -148,7 +153,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (parts, _) = req.into_parts();
         let (ask, route) = (order.ask, order.ask.route);
-        let mut allowed = Allowed::new(&self.gate, ask, targets);
+        let mut allowed = Allowed::new(self, ask, targets);
         while let Some(Try {
             target,
             verdict,

@@ -99,7 +99,7 @@ impl Proxy {
         };
         let (parts, _) = req.into_parts();
         let filter = query_value(parts.uri.query(), "artifactType");
-        let mut allowed = Allowed::new(&self.gate, ask, &targets);
+        let mut allowed = Allowed::new(self, ask, &targets);
         let mut first_allowed = None;
         while let Some(Try {
             target,

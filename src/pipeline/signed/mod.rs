@@ -11,6 +11,7 @@
 //! index lists pass by digest as part of it; a manifest pulled by digest on its own needs
 //! its own signature, as containers/image requires.
 
+pub(crate) mod blobs;
 pub(crate) mod lookaside;
 
 use std::sync::Arc;
@@ -61,6 +62,8 @@ pub(crate) struct Signed {
     verdicts: moka::future::Cache<Key, Arc<Decision>>,
     /// Manifests listed by an accepted index, by (generation, repository, digest).
     members: moka::future::Cache<Key, ()>,
+    /// Blobs listed by accepted manifests: the only ones read where signatures are needed.
+    pub accepted: blobs::Accepted,
 }
 
 impl Signed {
@@ -70,6 +73,7 @@ impl Signed {
             lookaside: Lookaside::new(tls, timeout),
             verdicts: bounded(),
             members: bounded(),
+            accepted: blobs::Accepted::new(),
         })
     }
 }
@@ -107,7 +111,11 @@ impl Proxy {
         if let Reference::Tag(tag) = reference {
             if is_signature_attachment(tag, read.manifest) {
                 // A signature is not itself signed: clients that verify (podman, cosign)
-                // read it through here. Only a manifest of signature payloads passes so.
+                // read it through here, and then its payloads. Only a manifest of signature
+                // payloads passes so.
+                self.signed
+                    .accepted
+                    .record(trust.generation, read.target, read.manifest);
                 return Ok(None);
             }
         }
@@ -155,10 +163,17 @@ impl Proxy {
             Some(decision)
         };
         let Some(decision) = decision else {
+            self.signed
+                .accepted
+                .record(trust.generation, target, read.manifest);
             return Ok(None);
         };
         if needs == Needs::default() && decision.is_accepted() {
-            // insecureAcceptAnything: nothing was checked, so there is nothing to record.
+            // insecureAcceptAnything: nothing was checked, so there is no verdict to record;
+            // its blobs still pass where the repository's own scope wants signatures.
+            self.signed
+                .accepted
+                .record(trust.generation, target, read.manifest);
             return Ok(None);
         }
         let verdict = verdict(ask, &pulled, read.digest, scope, &decision);
@@ -171,6 +186,9 @@ impl Proxy {
                 message: verdict.message,
             }));
         }
+        self.signed
+            .accepted
+            .record(trust.generation, target, read.manifest);
         for child in index_members(read.manifest) {
             let member = Key {
                 generation: trust.generation,

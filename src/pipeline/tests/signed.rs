@@ -548,3 +548,75 @@ async fn without_use_sigstore_attachments_no_attachment_is_read_as_containers_im
         "a signature was read although registries.d does not say to use attachments"
     );
 }
+
+/// An image manifest with one layer, `layer`, and the `{}` config.
+fn layered(layer: &[u8]) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}]}}"#,
+        digest(b"{}"),
+        digest(layer),
+        layer.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_blob_is_read_only_as_part_of_an_accepted_image_of_its_repository() {
+    let (signed_layer, unsigned_layer) = (&b"signed layer"[..], &b"unsigned layer"[..]);
+    let (signed, unsigned) = (layered(signed_layer), layered(unsigned_layer));
+    let mut one = Content::default()
+        .manifest("team/app", "1", &signed)
+        .manifest("team/unsigned", "1", &unsigned);
+    for repo in ["team/app", "team/unsigned", "team/other", "open/app"] {
+        one = one
+            .blob(repo, &digest(signed_layer), signed_layer)
+            .blob(repo, &digest(unsigned_layer), unsigned_layer)
+            .blob(repo, &digest(b"{}"), b"{}");
+    }
+    let one = Attach::good(&signed).onto(one, "team/app", &signed);
+    let s = sigstore(one, Content::default()).await;
+    let blob = |repo: &str, layer: &[u8]| format!("/v2/one.test/{repo}/blobs/{}", digest(layer));
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let mut client = s.p.client(version).await;
+        // Unsigned: its manifest is refused, and its layer by digest is too.
+        let _ = client.get("/v2/one.test/team/unsigned/manifests/1").await;
+        let got = client.get(&blob("team/unsigned", unsigned_layer)).await;
+        let message = denied(&got);
+        assert!(
+            message.contains("not part of an image accepted"),
+            "{message}"
+        );
+        assert!(message.contains("one.test/team"), "{message}");
+        // A HEAD tells no content, and every push starts with one.
+        let head = client.head(&blob("team/unsigned", unsigned_layer)).await;
+        assert_eq!(head.status, StatusCode::OK, "{version:?}");
+        // Where anything is accepted, blobs are read as ever.
+        let open = client.get(&blob("open/app", unsigned_layer)).await;
+        assert_eq!(open.body.as_deref().ok(), Some(unsigned_layer));
+    }
+    let upstream_blob =
+        |repo: &str, layer: &[u8]| (Method::GET, format!("/v2/{repo}/blobs/{}", digest(layer)));
+    assert!(!s
+        .one
+        .asked()
+        .contains(&upstream_blob("team/unsigned", unsigned_layer)));
+
+    let mut client = s.p.client(Version::HTTP_2).await;
+    // The signed image's layer, before its manifest: not yet.
+    denied(&client.get(&blob("team/app", signed_layer)).await);
+    let got = client.get("/v2/one.test/team/app/manifests/1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    for layer in [signed_layer, &b"{}"[..]] {
+        let got = client.get(&blob("team/app", layer)).await;
+        assert_eq!(got.body.as_deref().ok(), Some(layer));
+    }
+    // The same layer through another repository is that repository's business.
+    denied(&client.get(&blob("team/other", signed_layer)).await);
+    let audit = s.p.audit();
+    assert!(
+        audit.iter().any(|l| l["action"] == "deny"
+            && l["rule"] == "signature:one.test/team"
+            && l["digest"] == digest(signed_layer).as_str()),
+        "{audit:?}"
+    );
+}
