@@ -398,7 +398,7 @@ fn signed_by_verdicts_match_containers_image_for_every_case() {
 }
 
 #[test]
-fn an_unsigned_image_is_refused_on_every_listener_and_docker_fetches_no_blob_of_it_while_the_signed_one_pulls(
+fn an_unsigned_image_and_its_layers_are_refused_on_every_listener_and_docker_fetches_no_blob_of_it_while_the_signed_one_pulls(
 ) {
     let dir = TestDir::new("signatures-docker");
     let gpg = Gpg::new(&dir);
@@ -486,6 +486,36 @@ fn an_unsigned_image_is_refused_on_every_listener_and_docker_fetches_no_blob_of_
             );
         }
     }
+
+    // Its layer asked for by digest, without the manifest: refused on every listener, and
+    // never fetched.
+    let layer = &unsigned.layers[0].digest;
+    let seen = registry.requests().len();
+    for (url, via_proxy) in [
+        (
+            format!(
+                "https://{}/v2/{HOST}/team/unsigned/blobs/{layer}",
+                proxy.addr()
+            ),
+            false,
+        ),
+        (
+            format!("https://{mirror}/v2/team/unsigned/blobs/{layer}?ns={HOST}"),
+            false,
+        ),
+        (
+            format!("https://{HOST}/v2/team/unsigned/blobs/{layer}"),
+            true,
+        ),
+    ] {
+        assert_eq!(status("GET", &url, via_proxy), "403", "GET {url}");
+    }
+    assert!(
+        registry.requests()[seen..]
+            .iter()
+            .all(|r| !r.contains(layer.as_str())),
+        "the refused layer was fetched"
+    );
 
     let dockerd = Dockerd::start();
     let before = registry.requests().len();
