@@ -41,7 +41,12 @@ pub struct Metrics {
     pub staging_sessions_refused: IntCounterVec,
     pub staging_sessions_expired: IntCounter,
     pub referrers_index_failures: IntCounterVec,
+    pub signature_reads: IntCounterVec,
 }
+
+/// Where signatures are read from, and what a read found.
+pub const SIGNATURE_STORES: [&str; 2] = ["lookaside", "attachment"];
+pub const SIGNATURE_READ_RESULTS: [&str; 3] = ["found", "none", "error"];
 
 /// The listeners, as their metric label.
 pub const LISTENERS: [&str; 4] = ["registry", "mirror", "proxy", "admin"];
@@ -230,6 +235,14 @@ impl Metrics {
                 .namespace(NS),
                 &["registry"],
             )?,
+            signature_reads: IntCounterVec::new(
+                Opts::new(
+                    "signature_reads_total",
+                    "Signature store reads of the signature policy, by registry, store (lookaside, attachment) and result (found, none, error)",
+                )
+                .namespace(NS),
+                &["registry", "store", "result"],
+            )?,
         };
         // Every bounded label set exists from the start at 0, so a dashboard's rate() over
         // a failure that has not happened yet is 0 rather than nothing.
@@ -257,6 +270,20 @@ impl Metrics {
             m.referrers_index_failures.with_label_values(&[registry]);
         }
         registry.register(Box::new(m.referrers_index_failures.clone()))?;
+        for registry in m.registries.iter().map(String::as_str).chain(["other"]) {
+            for store in SIGNATURE_STORES {
+                for result in SIGNATURE_READ_RESULTS {
+                    m.signature_reads
+                        .with_label_values(&[registry, store, result]);
+                }
+            }
+        }
+        registry.register(Box::new(m.signature_reads.clone()))?;
+        for cache in ["manifest", "signature_verdicts"] {
+            for result in ["hit", "miss"] {
+                m.cache.with_label_values(&[cache, result]);
+            }
+        }
         registry.register(Box::new(m.proxy_connects.clone()))?;
         registry.register(Box::new(m.policy_decisions.clone()))?;
         registry.register(Box::new(m.policy_reloads.clone()))?;

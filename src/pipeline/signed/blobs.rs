@@ -56,14 +56,16 @@ impl Accepted {
     pub fn record(&self, generation: u64, target: &Target, manifest: &[u8]) {
         let repository = target.to_string();
         for digest in listed_blobs(manifest) {
-            self.blobs.insert(
-                Key {
-                    generation,
-                    repository: repository.clone(),
-                    digest,
-                },
-                (),
-            );
+            let key = Key {
+                generation,
+                repository: repository.clone(),
+                digest,
+            };
+            // A manifest read again (every pull by tag) finds its blobs recorded: a read is
+            // cheaper than replacing the entry, and resets its idle time all the same.
+            if self.blobs.get(&key).is_none() {
+                self.blobs.insert(key, ());
+            }
         }
     }
 

@@ -146,8 +146,10 @@ impl Proxy {
             // Listed by an index this policy accepted: part of that verified image.
             None
         } else if let Some(cached) = self.signed.verdicts.get(&key).await {
+            self.count_verdict_cache("hit");
             Some(cached)
         } else {
+            self.count_verdict_cache("miss");
             let found = self.signatures(trust, &image, needs, read).await?;
             let decision = Arc::new(evaluate::evaluate(
                 &trust.policy,
@@ -215,21 +217,26 @@ impl Proxy {
             .map_err(|e| ProxyError::Refused(format!("manifest digest {}: {e}", read.digest)))?;
         let repository = read.target.repository.as_str();
         let mut simple = Vec::new();
+        let registry = read.target.registry.as_str();
         if needs.simple_signing {
             if let Some((_, base)) = trust.registries.lookaside_for(image) {
-                simple = self
+                let found = self
                     .signed
                     .lookaside
                     .signatures(base, repository, &digest)
                     .await
-                    .map_err(|e| ProxyError::SignatureStore(e.to_string()))?;
+                    .map_err(|e| ProxyError::SignatureStore(e.to_string()));
+                self.count_read(registry, "lookaside", found.as_ref().map(Vec::len));
+                simple = found?;
             }
         }
         let mut attached = Vec::new();
         // As containers/image: attachments are read only where registries.d says to use
         // them (`use-sigstore-attachments`); elsewhere there are none to find.
         if needs.sigstore && trust.registries.use_sigstore_attachments_for(image).1 {
-            attached = self.attachments(read, &digest).await?;
+            let found = self.attachments(read, &digest).await;
+            self.count_read(registry, "attachment", found.as_ref().map(Vec::len));
+            attached = found?;
         }
         Ok((simple, attached))
     }
@@ -311,6 +318,26 @@ impl Proxy {
             });
         }
         Ok(found)
+    }
+
+    fn count_verdict_cache(&self, result: &str) {
+        self.metrics
+            .cache
+            .with_label_values(&["signature_verdicts", result])
+            .inc();
+    }
+
+    /// One read of a signature store: how many signatures it found, or that it failed.
+    fn count_read<E>(&self, registry: &str, store: &str, found: Result<usize, E>) {
+        let result = match found {
+            Ok(0) => "none",
+            Ok(_) => "found",
+            Err(_) => "error",
+        };
+        self.metrics
+            .signature_reads
+            .with_label_values(&[self.metrics.registry_label(Some(registry)), store, result])
+            .inc();
     }
 
     fn internal_get(&self, read: &Read<'_>, manifest: bool) -> Request<Option<Incoming>> {

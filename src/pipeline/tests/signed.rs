@@ -351,6 +351,27 @@ async fn a_decision_is_cached_so_the_signature_is_read_once_per_digest() {
     assert_eq!(count(&sig_path(MANIFEST)), 1, "{asked:?}");
     let blobs = asked.iter().filter(|(_, p)| p.contains("/blobs/")).count();
     assert_eq!(blobs, 1, "{asked:?}");
+    let cache = |result| {
+        s.p.counter(
+            "portcullis_cache_requests_total",
+            &[("cache", "signature_verdicts"), ("result", result)],
+        )
+    };
+    assert_eq!((cache("miss"), cache("hit")), (1.0, 2.0));
+    let reads = |result| {
+        s.p.counter(
+            "portcullis_signature_reads_total",
+            &[
+                ("registry", "one.test"),
+                ("store", "attachment"),
+                ("result", result),
+            ],
+        )
+    };
+    assert_eq!(
+        (reads("found"), reads("none"), reads("error")),
+        (1.0, 0.0, 0.0)
+    );
 }
 
 #[tokio::test]
@@ -369,7 +390,18 @@ async fn a_signature_store_that_fails_is_503_unavailable_never_200() {
         let head = client.head("/v2/one.test/team/app/manifests/1").await;
         assert_eq!(head.status, StatusCode::SERVICE_UNAVAILABLE);
     }
-    // Nothing was decided, so nothing was cached: each read asked again.
+    // Nothing was decided, so nothing was cached: each read asked again, and failed.
+    assert_eq!(
+        s.p.counter(
+            "portcullis_signature_reads_total",
+            &[
+                ("registry", "one.test"),
+                ("store", "attachment"),
+                ("result", "error"),
+            ],
+        ),
+        4.0
+    );
     let asked = s.one.asked();
     let sig_reads = asked
         .iter()
