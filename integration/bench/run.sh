@@ -17,7 +17,7 @@
 # Prints one table with ratios and the targets of issue 7, and writes the same as JSON to
 # integration/bench/results/<date>.json. --quick: 1 round, smaller blobs, shorter runs.
 # --paced: only the paced manifest runs (what a proxy or a cached signature verdict adds to
-# one request), 5 rounds of 10 s each per path, on a machine left otherwise idle.
+# one request), 7 rounds of 10 s each per path, on a machine left otherwise idle.
 # --serve: start and seed everything, print the URLs, and wait (for perf and friends).
 # Every process it starts is stopped by PID on exit, and its temp dir removed.
 set -euo pipefail
@@ -36,7 +36,7 @@ esac
 if [ "$quick" = 1 ]; then
     rounds=1 blob_mib=32 upload_mib=32 load_secs=3
 elif [ "$paced" = 1 ]; then
-    rounds=5 blob_mib=32 upload_mib=32 load_secs=10
+    rounds=7 blob_mib=32 upload_mib=32 load_secs=10
 else
     rounds=3 blob_mib=256 upload_mib=256 load_secs=10
 fi
