@@ -8,6 +8,7 @@
 mod harness;
 
 mod api;
+mod blob_cache;
 mod bypass;
 mod cli;
 mod conformance;

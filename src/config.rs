@@ -102,7 +102,7 @@ const SCHEMA: Schema = &[
             "provenance_max_entries",
         ],
     ),
-    ("cache", &["manifest_bytes"]),
+    ("cache", &["manifest_bytes", "blobs_dir", "blobs_max_bytes"]),
     (
         "limits",
         &[
@@ -227,6 +227,8 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawCache {
     manifest_bytes: Option<Spanned<u64>>,
+    blobs_dir: Option<Spanned<PathBuf>>,
+    blobs_max_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -369,6 +371,10 @@ pub struct ForwardConfig {
 pub struct CacheConfig {
     /// Memory for digest-addressed manifests; 0 disables the cache.
     pub manifest_bytes: u64,
+    /// The blob cache's directory (default `<state_dir>/blobs`).
+    pub blobs_dir: PathBuf,
+    /// Disk for verified blobs, shared by every registry; 0 (the default) disables it.
+    pub blobs_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -731,6 +737,11 @@ impl Checker<'_> {
             60,
         );
 
+        let blobs_dir = raw
+            .cache
+            .blobs_dir
+            .map(|s| path(s.into_inner()))
+            .unwrap_or_else(|| state_dir.join("blobs"));
         Config {
             state_dir,
             listen_registry,
@@ -812,6 +823,14 @@ impl Checker<'_> {
                     0,
                     1 << 34,
                     64 * 1024 * 1024,
+                ),
+                blobs_dir,
+                blobs_max_bytes: self.within(
+                    raw.cache.blobs_max_bytes,
+                    "cache.blobs_max_bytes",
+                    0,
+                    1 << 50,
+                    0,
                 ),
             },
             limits: self.limits(raw.limits),

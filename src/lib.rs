@@ -50,6 +50,11 @@ pub enum RunError {
     Stage(#[from] store::stage::StageError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("blob cache {dir}: {source}")]
+    BlobCache {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -145,6 +150,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         &metrics,
     )?);
+    let blobs = match config.cache.blobs_max_bytes {
+        0 => None,
+        max => Some(Arc::new(
+            store::blobs::BlobCache::open(
+                &config.cache.blobs_dir,
+                max,
+                metrics.blob_cache_counters(),
+            )
+            .map_err(|source| RunError::BlobCache {
+                dir: config.cache.blobs_dir.clone(),
+                source,
+            })?,
+        )),
+    };
     let proxy = Arc::new(pipeline::Proxy::new(
         &config,
         metrics.clone(),
@@ -153,6 +172,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             audit,
             provenance: Some(provenance),
             stage: Some(stage.clone()),
+            blobs,
         },
     )?);
     let http = listen::Http::new(proxy, metrics.clone(), config.limits.clone());

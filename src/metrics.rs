@@ -42,6 +42,9 @@ pub struct Metrics {
     pub staging_sessions_expired: IntCounter,
     pub referrers_index_failures: IntCounterVec,
     pub signature_reads: IntCounterVec,
+    pub blob_cache_bytes: IntGauge,
+    pub blob_cache_evictions: IntCounter,
+    pub blob_cache_corrupt: IntCounter,
 }
 
 /// Where signatures are read from, and what a read found.
@@ -59,6 +62,14 @@ pub const BODY_ABORT_REASONS: [&str; 4] = [
 ];
 
 impl Metrics {
+    /// What the blob cache reports into.
+    pub fn blob_cache_counters(&self) -> crate::store::blobs::Counters {
+        crate::store::blobs::Counters {
+            evictions: self.blob_cache_evictions.clone(),
+            bytes: self.blob_cache_bytes.clone(),
+        }
+    }
+
     pub fn new(
         registry: &Registry,
         configured: impl IntoIterator<Item = String>,
@@ -243,6 +254,24 @@ impl Metrics {
                 .namespace(NS),
                 &["registry", "store", "result"],
             )?,
+            blob_cache_bytes: IntGauge::with_opts(
+                Opts::new("blob_cache_bytes", "Bytes of verified blobs in the blob cache")
+                    .namespace(NS),
+            )?,
+            blob_cache_evictions: IntCounter::with_opts(
+                Opts::new(
+                    "blob_cache_evictions_total",
+                    "Blobs removed from the blob cache to stay within cache.blobs_max_bytes",
+                )
+                .namespace(NS),
+            )?,
+            blob_cache_corrupt: IntCounter::with_opts(
+                Opts::new(
+                    "blob_cache_corrupt_total",
+                    "Cached blobs found not to match their digest while served (cut off, evicted, fetched again on the next request)",
+                )
+                .namespace(NS),
+            )?,
         };
         // Every bounded label set exists from the start at 0, so a dashboard's rate() over
         // a failure that has not happened yet is 0 rather than nothing.
@@ -279,11 +308,15 @@ impl Metrics {
             }
         }
         registry.register(Box::new(m.signature_reads.clone()))?;
-        for cache in ["manifest", "signature_verdicts"] {
+        for cache in ["manifest", "signature_verdicts", "blobs"] {
             for result in ["hit", "miss"] {
                 m.cache.with_label_values(&[cache, result]);
             }
         }
+        m.cache.with_label_values(&["blobs", "coalesced"]);
+        registry.register(Box::new(m.blob_cache_bytes.clone()))?;
+        registry.register(Box::new(m.blob_cache_evictions.clone()))?;
+        registry.register(Box::new(m.blob_cache_corrupt.clone()))?;
         registry.register(Box::new(m.proxy_connects.clone()))?;
         registry.register(Box::new(m.policy_decisions.clone()))?;
         registry.register(Box::new(m.policy_reloads.clone()))?;

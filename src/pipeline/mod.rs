@@ -17,6 +17,7 @@
 //! Pushes whose policy needs their content are staged in [`crate::pipeline::push`].
 
 mod access;
+mod cached;
 mod intent;
 mod listing;
 mod mount;
@@ -58,6 +59,7 @@ use crate::policy::{Operation, Policy};
 use crate::reference::{Name, Repository, DOCKER_HUB};
 use crate::route::{self, Route};
 use crate::store::audit::Audit;
+use crate::store::blobs::BlobCache;
 use crate::store::manifests::ManifestCache;
 use crate::store::provenance::Provenance;
 use crate::store::stage::Stage;
@@ -145,6 +147,7 @@ pub struct Stores {
     pub audit: Arc<Audit>,
     pub provenance: Option<Arc<Provenance>>,
     pub stage: Option<Arc<Stage>>,
+    pub blobs: Option<Arc<BlobCache>>,
 }
 
 impl Stores {
@@ -154,6 +157,7 @@ impl Stores {
             audit: Arc::new(Audit::disabled()),
             provenance: None,
             stage: None,
+            blobs: None,
         }
     }
 }
@@ -177,6 +181,8 @@ pub struct Proxy {
     uploads: uploads::Uploads,
     /// The signature policy's signature reads and decisions.
     signed: signed::Signed,
+    /// Verified blobs on disk, when `cache.blobs_max_bytes` allows.
+    blobs: Option<Arc<BlobCache>>,
 }
 
 impl Proxy {
@@ -207,6 +213,7 @@ impl Proxy {
                 registry: "signature stores".to_owned(),
                 message: e.to_string(),
             })?,
+            blobs: stores.blobs,
         })
     }
 
@@ -508,6 +515,15 @@ impl Proxy {
             if let Some(resp) = stager.blob(ask, target, &method).await {
                 return Ok(resp);
             }
+        }
+        if let Some((cache, hex)) = self.blob_cache_for(route, &method) {
+            let cached = self.cached_blob(cache, hex, route, raw_name, target, req);
+            let resp = Box::pin(cached).await?;
+            if resp.status().is_success() {
+                self.resolver.remember(order.name, &target.registry);
+                self.record_provenance(ask.policy, route, target);
+            }
+            return Ok(with_warning(resp, verdict));
         }
         // A manifest judged on what is served (digest rules, signatures) is not answered
         // from the cache: the cache holds what was served, not what was decided.

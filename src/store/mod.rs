@@ -3,6 +3,7 @@
 //! pipeline only calls them.
 
 pub mod audit;
+pub mod blobs;
 pub mod manifests;
 pub mod provenance;
 pub mod stage;

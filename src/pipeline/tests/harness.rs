@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Inbound, Proxy, Stores};
 use crate::policy::live::{LivePolicy, Sources};
 use crate::store::audit::Audit;
+use crate::store::blobs::BlobCache;
 
 /// The client address every test request comes from.
 pub const PEER: &str = "127.0.0.1:40000";
@@ -59,10 +60,21 @@ impl Portcullis {
         }
         let sources = Sources { paths };
         let live = Arc::new(LivePolicy::new(sources, metrics.clone()).expect("policy"));
+        let blobs = (config.cache.blobs_max_bytes > 0).then(|| {
+            Arc::new(
+                BlobCache::open(
+                    &config.cache.blobs_dir,
+                    config.cache.blobs_max_bytes,
+                    metrics.blob_cache_counters(),
+                )
+                .expect("blob cache"),
+            )
+        });
         let stores = Stores {
             audit: Arc::new(Audit::open(Some(&audit)).expect("audit")),
             provenance: None,
             stage: None,
+            blobs,
         };
         let proxy = Proxy::new(&config, metrics, live, stores).expect("proxy");
         Portcullis {
@@ -71,6 +83,11 @@ impl Portcullis {
             audit,
             _dir: dir,
         }
+    }
+
+    /// The `state_dir` (the blob cache is its `blobs/`).
+    pub fn state_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// A client on a fresh connection to the registry endpoint.
@@ -113,7 +130,7 @@ impl Portcullis {
         Client { sender }
     }
 
-    /// The value of a counter (summed over the series that carry all of `labels`). A name
+    /// The value of a counter or gauge (summed over the series that carry all of `labels`). A name
     /// that is not registered fails the test rather than reading as zero.
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let families = self.registry.gather();
@@ -131,7 +148,10 @@ impl Portcullis {
                         .any(|l| l.name() == *k && l.value() == *v)
                 })
             })
-            .map(|m| m.get_counter().get_value())
+            .map(|m| match family.get_field_type() {
+                prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
+                _ => m.get_counter().get_value(),
+            })
             .sum()
     }
 

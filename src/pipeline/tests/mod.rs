@@ -7,6 +7,7 @@
 mod harness;
 mod upstream;
 
+mod cached;
 mod intent;
 mod outcome;
 mod plan;
