@@ -87,4 +87,20 @@ fn concurrent_cold_pulls_of_one_blob_cost_the_registry_one_get_and_the_cache_ser
         describe(&out)
     );
     assert_same_image(&image, again.path());
+
+    // What the cache holds, and a purge, from the command line beside the running server.
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        command.args(args).arg("--config").arg(proxy.config_file());
+        let out = run(command, None, Duration::from_secs(30));
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = cli(&["cache", "status"]);
+    // Both layers and the config.
+    assert!(status.contains("blobs: 3"), "{status}");
+    assert!(status.contains(&layer), "{status}");
+    let purged = cli(&["cache", "purge", "--digest", &layer]);
+    assert!(purged.contains("purged 1 blobs"), "{purged}");
+    assert!(cli(&["cache", "status"]).contains("blobs: 2"));
 }

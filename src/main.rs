@@ -43,6 +43,30 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// What the blob cache holds, and removing some of it.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Blobs, bytes and the bound of the blob cache, and its least recently used blobs.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Remove cached blobs: one digest, those unused for a while, or (with neither) all.
+    Purge {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long, conflicts_with = "older_than")]
+        digest: Option<String>,
+        /// Not read for at least this long: `90m`, `12h`, `7d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +176,7 @@ fn main() -> ExitCode {
         }),
         Command::Certs { command } => certs(command),
         Command::Policy { command } => policy(command),
+        Command::Cache { command } => cache(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -160,6 +185,64 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cache(command: CacheCommand) -> anyhow::Result<()> {
+    use portcullis::store::blobs::admin;
+    let config_path = match &command {
+        CacheCommand::Status { config } | CacheCommand::Purge { config, .. } => config.clone(),
+    };
+    let config = load(config_path.as_ref())?;
+    let dir = &config.cache.blobs_dir;
+    let read = |e: std::io::Error| anyhow::anyhow!("{}: {e}", dir.display());
+    match command {
+        CacheCommand::Status { .. } => {
+            let entries = admin::entries(dir).map_err(read)?;
+            let bytes: u64 = entries.iter().map(|e| e.size).sum();
+            let bound = match config.cache.blobs_max_bytes {
+                0 => "disabled (cache.blobs_max_bytes = 0)".to_owned(),
+                max => format!("{max} bytes"),
+            };
+            println!("blob cache {}", dir.display());
+            println!(
+                "  blobs: {}\n  bytes: {bytes}\n  bound: {bound}",
+                entries.len()
+            );
+            for e in entries.iter().take(10) {
+                println!(
+                    "  {} {} bytes, last used {}",
+                    e.digest,
+                    e.size,
+                    humantime::format_rfc3339_seconds(e.used)
+                );
+            }
+            if entries.len() > 10 {
+                println!("  ... and {} more used since", entries.len() - 10);
+            }
+        }
+        CacheCommand::Purge {
+            digest, older_than, ..
+        } => {
+            let what = match (digest, older_than) {
+                (Some(d), _) => {
+                    if !d.starts_with("sha256:") {
+                        anyhow::bail!("{d}: the cache holds sha256 digests (sha256:<hex>)");
+                    }
+                    admin::Purge::Digest(d)
+                }
+                (None, Some(age)) => admin::Purge::OlderThan(age),
+                (None, None) => admin::Purge::All,
+            };
+            let gone = admin::purge(dir, &what, std::time::SystemTime::now()).map_err(read)?;
+            let bytes: u64 = gone.iter().map(|e| e.size).sum();
+            println!(
+                "purged {} blobs, {bytes} bytes, from {}",
+                gone.len(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn certs(command: CertsCommand) -> anyhow::Result<()> {

@@ -126,6 +126,11 @@ impl Portcullis {
         self.dir.path().join("state/ca.crt")
     }
 
+    /// The configuration it was started with, for its other commands (`cache status`).
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+
     /// Where staged pushes are written (under the default `state_dir`).
     pub fn staging_dir(&self) -> PathBuf {
         self.dir.path().join("state/staging")

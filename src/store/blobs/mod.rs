@@ -15,6 +15,7 @@
 //! confirms it there ([`crate::pipeline`]'s cached stage asks with a `HEAD`). That memory is
 //! this process's: after a restart, the first hit in each repository is confirmed again.
 
+pub mod admin;
 pub mod fill;
 pub mod read;
 
@@ -190,7 +191,7 @@ impl BlobCache {
     }
 }
 
-fn is_hex_digest(s: &str) -> bool {
+pub(crate) fn is_hex_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
